@@ -1,0 +1,123 @@
+"""The linear probe: L2-regularised multinomial logistic regression on cached features.
+
+Protocol of the linear-probe literature: features standardised with train statistics,
+the inverse L2 strength C swept on a log grid and chosen on val. The fitted model is
+then folded into one `nn.Linear` on raw features, the head the backbone gets next.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from torch import nn
+
+from imgpipe.backbone_info import BackboneInfo
+from imgpipe.errors import DataError
+from imgpipe.features import FeatureSet
+from imgpipe.io import atomic_path
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    c: float
+    train_accuracy: float
+    val_accuracy: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    weight: np.ndarray  # (C, D), acts on raw (unstandardised) features
+    bias: np.ndarray  # (C,)
+    best_c: float
+    sweep: list[SweepPoint]
+
+    @property
+    def best(self) -> SweepPoint:
+        return next(point for point in self.sweep if point.c == self.best_c)
+
+
+def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
+                     c_grid: list[float], max_iter: int) -> LinearProbe:
+    """Fit one probe per C, keep the best on val (accuracy, then lower val loss)."""
+    if len(np.unique(train.labels)) < 2:
+        raise DataError("the train split holds fewer than two classes: nothing to learn")
+    features = train.features.astype(np.float64)  # float32 probabilities miss sum-to-1 checks
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-6] = 1.0  # constant features (dead units) stay at zero, not inf
+    train_x = (features - mean) / scale
+    val_x = (val.features.astype(np.float64) - mean) / scale
+    classes = np.arange(num_classes)
+    fits, sweep = {}, []
+    for c in sorted(c_grid):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fit = LogisticRegression(C=c, max_iter=max_iter).fit(train_x, train.labels)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            _logger.warning("C=%g did not converge in %d iterations; raise train_head.max_iter",
+                            c, max_iter)
+        val_proba = _full_proba(fit, val_x, num_classes)
+        sweep.append(SweepPoint(
+            c=c,
+            train_accuracy=float((fit.predict(train_x) == train.labels).mean()),
+            val_accuracy=float((classes[val_proba.argmax(1)] == val.labels).mean()),
+            val_loss=float(log_loss(val.labels, val_proba, labels=classes)),
+        ))
+        fits[c] = fit
+        _logger.info("C=%-8g train acc %.4f  val acc %.4f  val loss %.4f", c,
+                     sweep[-1].train_accuracy, sweep[-1].val_accuracy, sweep[-1].val_loss)
+    best = max(sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
+    weight, bias = _fold_standardisation(fits[best.c], mean, scale, num_classes)
+    return LinearProbe(weight, bias, best.c, sweep)
+
+
+def _full_proba(fit: LogisticRegression, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """Probabilities over all classes, zero for any class absent from train."""
+    proba = np.zeros((len(x), num_classes))
+    proba[:, fit.classes_] = fit.predict_proba(x)
+    return proba
+
+
+def _fold_standardisation(fit: LogisticRegression, mean: np.ndarray, scale: np.ndarray,
+                          num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """w·((x - m) / s) + b  ==  (w / s)·x + (b - (w / s)·m), for every class row."""
+    coef, intercept = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:  # sklearn keeps one row for two classes: logits -z/2, +z/2
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((num_classes, coef.shape[1]))
+    bias = np.full(num_classes, -1e4)  # classes never seen in train are never predicted
+    weight[fit.classes_] = coef / scale
+    bias[fit.classes_] = intercept - (coef / scale) @ mean
+    return weight.astype(np.float32), bias.astype(np.float32)
+
+
+def save_head(path: Path, probe: LinearProbe, classes: list[str], info: BackboneInfo) -> None:
+    payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
+               "classes": list(classes), "backbone": asdict(info), "c": probe.best_c}
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
+    """The saved probe as an `nn.Linear` on raw features, its classes and backbone."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `dvc repro train_head` first")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    weight = payload["weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(payload["bias"])
+    return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])

@@ -1,0 +1,59 @@
+"""Decoding any image a user may have into an RGB square of a fixed size."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+PREPARED_SUFFIX = ".jpg"
+_JPEG_QUALITY = 95  # prepared images: small on disk, no visible loss at 224 px
+_PAPER = (255, 255, 255)  # transparent pixels are composited on white
+
+
+def content_id(data: bytes) -> str:
+    """Content address of an image file: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB, whatever the mode (L, P, RGBA, CMYK, 16-bit) or EXIF orientation."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the full range down to 8 bits instead of clipping.
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray((pixels * (255.0 / peak)).round().astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, _PAPER)
+        background.paste(image, mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def square_resize(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bicubic, antialiased), then centre-crop a square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(new_size, Image.BICUBIC, reducing_gap=3.0)
+    left = (new_size[0] - size) // 2
+    top = (new_size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def save_prepared(image: Image.Image, path: Path) -> None:
+    """Write a prepared image (JPEG, 4:4:4, fixed quality: deterministic bytes)."""
+    image.save(path, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
+
+
+def load_prepared(path: Path) -> Image.Image:
+    """Open a prepared image as RGB (prepared images are already upright RGB squares)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -1,0 +1,222 @@
+"""params.yaml, validated against a typed schema before any stage does work.
+
+Each section of params.yaml is a frozen dataclass below; the field comments are the
+schema's documentation, params.yaml's comments are the user's. An unknown key, a value
+of the wrong type or outside its allowed set stops the stage with one line that names
+the key, the value and the fix (the closest known key, or the allowed values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from imgpipe.errors import ParamsError
+
+FreezeMode = Literal["all", "partial", "none"]
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false",
+               str: "a non-empty string"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    source: str  # dataset root: ImageFolder tree or CSV manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneParams:
+    name: str  # efficientnet_lite0..2 or a torchvision classification model
+    pretrained: bool  # False: random init
+    weights: str | None = None  # optional local state-dict file
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    image_size: int  # pixels, side of the stored square images
+
+    def __post_init__(self) -> None:
+        _check_range("prepare.val_fraction", self.val_fraction, 0.0, 1.0, closed=False)
+        _check_range("prepare.test_fraction", self.test_fraction, 0.0, 1.0, closed=False)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ParamsError(
+                f"prepare.val_fraction + prepare.test_fraction = "
+                f"{self.val_fraction + self.test_fraction:g} leaves no training images: "
+                "keep their sum below 1 (0.3 is usual)")
+        _check_range("prepare.image_size", self.image_size, 32, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check_range("extract.batch_size", self.batch_size, 1, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHeadParams:
+    c_grid: list[float]  # inverse L2 strengths to sweep
+    max_iter: int
+
+    def __post_init__(self) -> None:
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise ParamsError(f"train_head.c_grid: {self.c_grid!r} must be a non-empty list "
+                              "of positive numbers, e.g. [0.01, 0.1, 1, 10]")
+        _check_range("train_head.max_iter", self.max_iter, 1, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    trainable_blocks: int  # with freeze=partial: trailing backbone blocks trained
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    crop_scale_min: float  # RandomResizedCrop keeps at least this area fraction
+    hflip: bool
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check_range("finetune_full.trainable_blocks", self.trainable_blocks, 1, 1000)
+        _check_range("finetune_full.epochs", self.epochs, 1, 10_000)
+        _check_range("finetune_full.batch_size", self.batch_size, 2, 4096)
+        _check_range("finetune_full.lr", self.lr, 0.0, 10.0, closed=False)
+        _check_range("finetune_full.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("finetune_full.crop_scale_min", self.crop_scale_min, 0.05, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check_range("evaluate.batch_size", self.batch_size, 1, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingParams:
+    experiment: str  # MLflow experiment name
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    data: DataParams
+    backbone: BackboneParams
+    freeze: FreezeMode
+    prepare: PrepareParams
+    extract: ExtractParams
+    train_head: TrainHeadParams
+    finetune_full: FinetuneParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate the whole params file.
+
+    Raises:
+        ParamsError: the file is missing or any key is unknown, missing or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stage from the repository root")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from YAML) into `Params`."""
+    return _build(Params, raw, prefix="")
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the names DVC and MLflow show."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else (
+                f"known keys: {', '.join(fields)}")
+            raise ParamsError(f"{prefix}{key}: unknown key; {hint}")
+    values = {}
+    for name, field in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            if field.default is not dataclasses.MISSING:
+                continue
+            raise ParamsError(f"{key}: missing; add it to params.yaml (see the README)")
+        values[name] = _coerce(key, raw[name], hints[name])
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ParamsError(f"{key}: {value!r} is not allowed; use one of "
+                              f"{', '.join(map(str, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    return _scalar(key, value, hint)
+
+
+def _scalar(key: str, value: Any, hint: type) -> Any:
+    # YAML reads `1e-3` as a string and `true` as a bool: be exact about both.
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if hint is str and isinstance(value, str) and value.strip():
+        return value
+    raise ParamsError(f"{key}: expected {_TYPE_NAMES[hint]}, got {value!r}")
+
+
+def _check_range(key: str, value: float, low: float, high: float, closed: bool = True) -> None:
+    inside = low <= value <= high if closed else low < value < high
+    if not inside:
+        bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+        raise ParamsError(f"{key}: {value!r} is out of range; use a value in {bounds}")

@@ -1,0 +1,105 @@
+"""Finding the labelled images of a dataset: an ImageFolder tree or a CSV manifest."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgpipe.errors import DataError
+from imgpipe.images import IMAGE_EXTENSIONS
+
+_logger = logging.getLogger(__name__)
+CSV_COLUMNS = ("path", "label")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file."""
+
+    path: Path  # absolute
+    label: str
+    relpath: str  # as the user wrote it, relative to the dataset root (POSIX)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file or manifest row left out, and why (reported by prepare)."""
+
+    relpath: str
+    reason: str
+
+
+def list_samples(source: Path) -> tuple[list[Sample], list[Skipped]]:
+    """List the labelled images under `source`, sorted by path.
+
+    Args:
+        source: a folder with one sub-folder per class, or a CSV file with `path,label`
+            columns whose paths are relative to the CSV's folder.
+
+    Returns:
+        The samples, and the entries skipped with their reason.
+
+    Raises:
+        DataError: `source` does not exist or is neither a folder nor a CSV file.
+    """
+    if not source.exists():
+        raise DataError(f"data.source: {str(source)!r} does not exist; point it at a folder "
+                        "of class sub-folders or at a CSV file with path,label columns")
+    if source.is_dir():
+        return _list_image_folder(source)
+    if source.suffix.lower() == ".csv":
+        return _list_csv(source)
+    raise DataError(f"data.source: {str(source)!r} is neither a folder nor a .csv file")
+
+
+def _list_image_folder(root: Path) -> tuple[list[Sample], list[Skipped]]:
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            continue
+        relpath = path.relative_to(root).as_posix()
+        if len(path.relative_to(root).parts) < 2:
+            skipped.append(Skipped(relpath, "not inside a class folder"))
+        elif path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(relpath, "not an image file (by its extension)"))
+        else:
+            label = path.relative_to(root).parts[0]
+            samples.append(Sample(path, label, relpath))
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not any(s.label == folder.name for s in samples):
+            skipped.append(Skipped(folder.name + "/", "class folder holds no images"))
+    return samples, skipped
+
+
+def _list_csv(manifest: Path) -> tuple[list[Sample], list[Skipped]]:
+    root = manifest.parent.resolve()
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; the CSV "
+                            f"needs a header with {','.join(CSV_COLUMNS)}")
+        rows = list(reader)
+    samples: dict[str, Sample] = {}
+    skipped: list[Skipped] = []
+    for line, row in enumerate(rows, start=2):
+        relpath, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+        where = relpath or f"line {line}"
+        path = (root / relpath).resolve()
+        if not relpath or not label:
+            skipped.append(Skipped(where, f"line {line}: empty path or label"))
+        elif not path.is_relative_to(root):
+            skipped.append(Skipped(where, f"line {line}: path leaves the dataset folder {root}"))
+        elif not path.is_file():
+            skipped.append(Skipped(where, f"line {line}: file not found"))
+        elif path.as_posix() in samples:
+            kept = samples[path.as_posix()]
+            reason = "duplicate row" if kept.label == label else (
+                f"listed again with another label ({kept.label!r} kept)")
+            skipped.append(Skipped(where, f"line {line}: {reason}"))
+        else:
+            samples[path.as_posix()] = Sample(path, label, relpath)
+    return sorted(samples.values(), key=lambda s: s.relpath), skipped

@@ -1,0 +1,84 @@
+"""Stage evaluate: test-split metrics, confusion matrix and the MLflow record of the run.
+
+Reads the whole params.yaml (every key is logged to MLflow). Writes the test metrics,
+the per-image test predictions (a DVC confusion plot) and a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from imgpipe import stage
+from imgpipe.data import forward_all
+from imgpipe.io import atomic_path, write_json
+from imgpipe.manifest import read_manifest
+from imgpipe.metrics import classification_metrics, plot_confusion
+from imgpipe.model import load_model
+from imgpipe.params import flatten, load_params
+from imgpipe.tracking import log_run
+from imgpipe.transforms import eval_transform
+
+_logger = logging.getLogger(__name__)
+
+
+def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
+             predictions_path: Path, confusion_png: Path, batch_size: int) -> dict:
+    """Score the final model on the test split; returns the metrics written."""
+    model, classes, info, _ = load_model(model_path)
+    table = read_manifest(prepared_dir, "test")
+    logits = forward_all(model, table["file"], eval_transform(info.input_size, info.mean,
+                                                              info.std), batch_size, "evaluate")
+    probabilities = _softmax(logits)
+    y_true = table["label_index"].to_numpy()
+    y_pred = probabilities.argmax(axis=1)
+    metrics = classification_metrics(y_true, y_pred, classes)
+    predictions = pd.DataFrame({
+        "image_id": table["image_id"], "source": table["source"],
+        "actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred],
+        "probability": probabilities.max(axis=1).round(6)})
+    with atomic_path(predictions_path) as temporary:
+        predictions.to_csv(temporary, index=False)
+    plot_confusion(confusion_png, y_true, y_pred, classes)
+    write_json(metrics_path, metrics)
+    _logger.info("test accuracy %.4f, macro-F1 %.4f on %d images", metrics["accuracy"],
+                 metrics["macro_f1"], metrics["images"])
+    return metrics
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared-dir", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, required=True)
+    parser.add_argument("--confusion-png", type=Path, required=True)
+    args = parser.parse_args()
+
+    def body() -> None:
+        params = load_params()
+        metrics = evaluate(prepared_dir=args.prepared_dir, model_path=args.model,
+                           metrics_path=args.metrics, predictions_path=args.predictions,
+                           confusion_png=args.confusion_png,
+                           batch_size=params.evaluate.batch_size)
+        raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+        log_run(experiment=params.tracking.experiment, params=flatten(raw),
+                metrics={f"test_{k}": v for k, v in flatten(metrics).items()},
+                artifacts=[args.metrics, args.predictions, args.confusion_png],
+                tags={"backbone": params.backbone.name, "freeze": params.freeze})
+
+    stage.run("evaluate", body)
+
+
+if __name__ == "__main__":
+    main()

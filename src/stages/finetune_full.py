@@ -1,0 +1,130 @@
+"""Stage finetune_full: linear probe, then (optionally) fine-tune end to end.
+
+Reads `freeze`, `backbone.*` and `finetune_full.*`. Starts from the train_head head on
+the frozen pretrained backbone. freeze=all keeps that model as it is; partial trains the
+last blocks and the head; none trains everything. Keeps the best-on-val epoch (epoch 0 is
+the starting model), and writes the model file, its metrics and the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from imgpipe import stage
+from imgpipe.backbone_info import BackboneInfo
+from imgpipe.backbones import build_backbone
+from imgpipe.data import ImageDataset
+from imgpipe.errors import DataError
+from imgpipe.finetune import evaluate_epoch, parameter_counts, set_trainable, train_epoch
+from imgpipe.head import load_head
+from imgpipe.io import atomic_path, write_json
+from imgpipe.manifest import read_manifest
+from imgpipe.model import ImageClassifier, save_model
+from imgpipe.params import BackboneParams, FinetuneParams, load_params
+from imgpipe.transforms import eval_transform, train_transform
+
+_logger = logging.getLogger(__name__)
+
+
+def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metrics_path: Path,
+                  history_path: Path, freeze: str, backbone_params: BackboneParams,
+                  params: FinetuneParams) -> dict:
+    """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model."""
+    torch.manual_seed(params.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    backbone = build_backbone(backbone_params.name, backbone_params.pretrained,
+                              backbone_params.weights)
+    info = BackboneInfo.of(backbone, backbone_params.pretrained, backbone_params.weights)
+    head, classes, head_info = load_head(head_path)
+    if not head_info.same_network(info):
+        raise DataError(f"{head_path} was fitted on features of {head_info.name} "
+                        f"(pretrained={head_info.pretrained}) but backbone is {info.name} "
+                        f"(pretrained={info.pretrained}): run `dvc repro` to refit it")
+    model = ImageClassifier(backbone.trunk, head)
+    frozen = set_trainable(model, backbone, freeze, params.trainable_blocks)
+    counts = parameter_counts(model)
+    _logger.info("parameters: %d total, %d trainable, %d frozen", counts["total"],
+                 counts["trainable"], counts["frozen"])
+
+    val_loader = _loader(prepared_dir, "val", eval_transform(
+        backbone.input_size, backbone.mean, backbone.std), params.batch_size, seed=None)
+    start = evaluate_epoch(model, val_loader)
+    history = [{"epoch": 0, "train_loss": None, "train_accuracy": None,
+                "val_loss": start.loss, "val_accuracy": start.accuracy}]
+    best_state, best = copy.deepcopy(model.state_dict()), history[0]
+    _logger.info("epoch 0 (linear probe): val acc %.4f  val loss %.4f", start.accuracy,
+                 start.loss)
+    if freeze == "all":
+        _logger.info("freeze=all: no end-to-end training, the linear-probe model is final")
+    else:
+        train_loader = _loader(prepared_dir, "train", train_transform(
+            backbone.input_size, backbone.mean, backbone.std,
+            crop_scale_min=params.crop_scale_min, hflip=params.hflip),
+            params.batch_size, seed=params.seed)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                      lr=params.lr, weight_decay=params.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
+        for epoch in range(1, params.epochs + 1):
+            trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}")
+            schedule.step()
+            val = evaluate_epoch(model, val_loader)
+            history.append({"epoch": epoch, "train_loss": trained.loss,
+                            "train_accuracy": trained.accuracy, "val_loss": val.loss,
+                            "val_accuracy": val.accuracy})
+            _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f loss %.4f", epoch,
+                         trained.accuracy, trained.loss, val.accuracy, val.loss)
+            if (val.accuracy, -val.loss) > (best["val_accuracy"], -best["val_loss"]):
+                best_state, best = copy.deepcopy(model.state_dict()), history[-1]
+    model.load_state_dict(best_state)
+    save_model(model_path, model, classes=classes, info=info,
+               extra={"freeze": freeze, "best_epoch": best["epoch"]})
+    with atomic_path(history_path) as temporary:
+        pd.DataFrame(history).to_csv(temporary, index=False)
+    metrics = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+               "val_loss": best["val_loss"], "params_trainable": counts["trainable"],
+               "params_total": counts["total"]}
+    write_json(metrics_path, metrics)
+    _logger.info("kept epoch %d: val acc %.4f", best["epoch"], best["val_accuracy"])
+    return metrics
+
+
+def _loader(prepared_dir: Path, split: str, transform, batch_size: int,
+            seed: int | None) -> DataLoader:
+    table = read_manifest(prepared_dir, split)
+    dataset = ImageDataset(table["file"], table["label_index"].tolist(), transform)
+    if seed is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    generator = torch.Generator().manual_seed(seed)
+    # drop_last avoids a 1-image batch, which BatchNorm cannot train on.
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      drop_last=len(dataset) > batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared-dir", type=Path, required=True)
+    parser.add_argument("--head", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True)
+    args = parser.parse_args()
+
+    def body() -> None:
+        params = load_params()
+        finetune_full(prepared_dir=args.prepared_dir, head_path=args.head,
+                      model_path=args.model, metrics_path=args.metrics,
+                      history_path=args.history, freeze=params.freeze,
+                      backbone_params=params.backbone, params=params.finetune_full)
+
+    stage.run("finetune_full", body)
+
+
+if __name__ == "__main__":
+    main()

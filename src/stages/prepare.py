@@ -1,0 +1,154 @@
+"""Stage prepare: list, decode, de-duplicate, split and resize the dataset.
+
+Reads `data.source` and `prepare.*`. Writes the prepared folder (see imgpipe.manifest),
+the counts in the metrics file and every skipped file, with its reason, in a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from imgpipe import stage
+from imgpipe.errors import DataError
+from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
+from imgpipe.io import atomic_path, write_json
+from imgpipe.manifest import CLASSES_NAME, IMAGES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME
+from imgpipe.params import load_params
+from imgpipe.sources import Sample, Skipped, list_samples
+from imgpipe.splits import SPLITS, stratified_split
+
+_logger = logging.getLogger(__name__)
+
+
+def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Path, seed: int,
+            val_fraction: float, test_fraction: float, image_size: int) -> dict:
+    """Turn the images under `source` into a split, resized, content-addressed dataset.
+
+    Returns:
+        The metrics written to `metrics_path` (counts per split and class, skipped files).
+    """
+    samples, skipped = list_samples(source)
+    _logger.info("found %d image files under %s", len(samples), source)
+    with atomic_path(out_dir) as staging:
+        (staging / IMAGES_DIR).mkdir(parents=True)
+        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped)
+        rows = _drop_duplicates(kept, staging / IMAGES_DIR, skipped)
+        classes = _check_classes(rows, skipped)
+        table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
+        table["file"] = [f"{IMAGES_DIR}/{i}{PREPARED_SUFFIX}" for i in table["image_id"]]
+        table["label_index"] = [classes.index(label) for label in table["label"]]
+        table["split"] = stratified_split(list(table["label"]), list(table["image_id"]),
+                                          val_fraction, test_fraction, seed)
+        table = table.sort_values(["split", "label_index", "image_id"], ignore_index=True)
+        table[list(MANIFEST_COLUMNS)].to_csv(staging / MANIFEST_NAME, index=False)
+        write_json(staging / CLASSES_NAME, classes)
+    metrics = _counts(table, classes, skipped)
+    _write_report(report_path, skipped)
+    write_json(metrics_path, metrics)
+    _logger.info("%d images in %d classes: %s; %d skipped (see %s)", len(table), len(classes),
+                 ", ".join(f"{s} {metrics['images'][s]}" for s in SPLITS), len(skipped),
+                 report_path)
+    return metrics
+
+
+def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
+                skipped: list[Skipped]) -> list[tuple[str, Sample]]:
+    """Decode, convert and resize each sample into `images_dir`; skip what cannot be read."""
+    kept = []
+    for sample in tqdm(samples, desc="prepare", unit="img", mininterval=2.0):
+        data = sample.path.read_bytes()
+        if not data:
+            skipped.append(Skipped(sample.relpath, "empty file (0 bytes)"))
+            continue
+        image_id = content_id(data)
+        target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
+                    prepared = square_resize(to_rgb(image), image_size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as error:
+            skipped.append(Skipped(sample.relpath, f"unreadable image: {error}"))
+            continue
+        if not target.exists():
+            save_prepared(prepared, target)
+        kept.append((image_id, sample))
+    return kept
+
+
+def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
+                     skipped: list[Skipped]) -> list[tuple[str, str, str]]:
+    """One row per distinct image; an image labelled with two classes is dropped."""
+    by_id: dict[str, list[Sample]] = defaultdict(list)
+    for image_id, sample in kept:
+        by_id[image_id].append(sample)
+    rows = []
+    for image_id, copies in by_id.items():
+        labels = sorted({s.label for s in copies})
+        if len(labels) > 1:
+            for sample in copies:
+                skipped.append(Skipped(sample.relpath, "the same image is labelled "
+                                       f"{' and '.join(map(repr, labels))}: ambiguous"))
+            (images_dir / f"{image_id}{PREPARED_SUFFIX}").unlink()
+            continue
+        for sample in copies[1:]:
+            skipped.append(Skipped(sample.relpath, f"duplicate of {copies[0].relpath}"))
+        rows.append((image_id, copies[0].relpath, copies[0].label))
+    return rows
+
+
+def _check_classes(rows: list[tuple[str, str, str]], skipped: list[Skipped]) -> list[str]:
+    counts = Counter(label for _, _, label in rows)
+    if len(counts) < 2:
+        found = ", ".join(f"{label!r} ({n} images)" for label, n in counts.items()) or "none"
+        raise DataError(f"found {len(counts)} class(es) with readable images: {found}; "
+                        f"a classifier needs at least two ({len(skipped)} files skipped)")
+    return sorted(counts)
+
+
+def _counts(table: pd.DataFrame, classes: list[str], skipped: list[Skipped]) -> dict:
+    return {
+        "classes": len(classes),
+        "images": {split: int((table["split"] == split).sum()) for split in SPLITS},
+        "per_class": {c: int((table["label"] == c).sum()) for c in classes},
+        "skipped": len(skipped),
+    }
+
+
+def _write_report(report_path: Path, skipped: list[Skipped]) -> None:
+    report = pd.DataFrame([(s.relpath, s.reason) for s in skipped], columns=["path", "reason"])
+    with atomic_path(report_path) as temporary:
+        report.sort_values("path").to_csv(temporary, index=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--report", type=Path, required=True)
+    args = parser.parse_args()
+
+    def body() -> None:
+        params = load_params()
+        prepare(source=Path(params.data.source), out_dir=args.out_dir,
+                metrics_path=args.metrics, report_path=args.report, seed=params.prepare.seed,
+                val_fraction=params.prepare.val_fraction,
+                test_fraction=params.prepare.test_fraction,
+                image_size=params.prepare.image_size)
+
+    stage.run("prepare", body)
+
+
+if __name__ == "__main__":
+    main()

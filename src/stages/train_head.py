@@ -1,0 +1,60 @@
+"""Stage train_head: the linear probe on cached features, L2 strength chosen on val.
+
+Reads `train_head.*`. Writes the head file (loaded by finetune_full as the backbone's
+new classifier), its metrics, and the val curve over the C grid as a DVC plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from imgpipe import stage
+from imgpipe.features import load_backbone_info, load_split
+from imgpipe.head import fit_linear_probe, save_head
+from imgpipe.io import atomic_path, write_json
+from imgpipe.manifest import read_classes
+from imgpipe.params import load_params
+
+_logger = logging.getLogger(__name__)
+
+
+def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
+               sweep_path: Path, c_grid: list[float], max_iter: int) -> dict:
+    """Fit and save the probe; returns the metrics written to `metrics_path`."""
+    classes = read_classes(features_dir)
+    train, val = load_split(features_dir, "train"), load_split(features_dir, "val")
+    probe = fit_linear_probe(train, val, len(classes), c_grid, max_iter)
+    save_head(head_path, probe, classes, load_backbone_info(features_dir))
+    with atomic_path(sweep_path) as temporary:
+        pd.DataFrame([asdict(point) for point in probe.sweep]).to_csv(temporary, index=False)
+    metrics = {"best_c": probe.best_c, "train_accuracy": probe.best.train_accuracy,
+               "val_accuracy": probe.best.val_accuracy, "val_loss": probe.best.val_loss}
+    write_json(metrics_path, metrics)
+    _logger.info("chose C=%g: val accuracy %.4f", probe.best_c, probe.best.val_accuracy)
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features-dir", type=Path, required=True)
+    parser.add_argument("--head", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--sweep", type=Path, required=True)
+    args = parser.parse_args()
+
+    def body() -> None:
+        params = load_params()
+        train_head(features_dir=args.features_dir, head_path=args.head,
+                   metrics_path=args.metrics, sweep_path=args.sweep,
+                   c_grid=params.train_head.c_grid, max_iter=params.train_head.max_iter)
+
+    stage.run("train_head", body)
+
+
+if __name__ == "__main__":
+    main()
