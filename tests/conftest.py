@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny real datasets made in tmp_path, and the repository root."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from make_digits import render_digits  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder of real handwritten digits: 3 classes x 10 images, 32 px."""
+    root = tmp_path_factory.mktemp("digits") / "images"
+    render_digits(root, classes=[0, 1, 7], per_class=10, size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[str, Path]:
+    """prepare -> extract -> train_head on the tiny digits set, as the stages run them."""
+    from stages.extract import extract
+    from stages.prepare import prepare
+    from stages.train_head import train_head
+
+    root = tmp_path_factory.mktemp("probed")
+    paths = {"prepared": root / "prepared", "features": root / "features",
+             "head": root / "models" / "head.pt", "root": root}
+    prepare(source=digits_dir, out_dir=paths["prepared"], metrics_path=root / "prepare.json",
+            report_path=root / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
+            image_size=64)
+    extract(prepared_dir=paths["prepared"], features_dir=paths["features"],
+            backbone_name="efficientnet_lite0", pretrained=True, weights=None, batch_size=16)
+    train_head(features_dir=paths["features"], head_path=paths["head"],
+               metrics_path=root / "train_head.json", sweep_path=root / "sweep.csv",
+               c_grid=[0.1, 1.0], max_iter=500)
+    return paths

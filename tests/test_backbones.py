@@ -1,0 +1,121 @@
+"""Backbones by name, their weights, and a check that weights and preprocessing are right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+from imgpipe.backbones import available_backbones, build_backbone
+from imgpipe.errors import BackboneError
+from imgpipe.images import square_resize
+from imgpipe.transforms import eval_transform
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return build_backbone("efficientnet_lite0")
+
+
+def test_sample_photos_classify_as_palace_and_daisy_with_the_imagenet_head(lite0) -> None:
+    # The pipeline's own preprocessing: prepare's square resize, extract's eval transform.
+    transform = eval_transform(lite0.input_size, lite0.mean, lite0.std)
+    photos = load_sample_images()
+    batch = torch.stack([transform(square_resize(Image.fromarray(image), 224))
+                         for image in photos.images])
+    with torch.no_grad():
+        logits = lite0.imagenet_head(lite0.trunk.eval()(batch))
+    top3 = [[_IMAGENET_CATEGORIES[i] for i in row] for row in logits.topk(3).indices.tolist()]
+    names = [Path(f).name for f in photos.filenames]
+    assert dict(zip(names, top3))["china.jpg"].count("palace") == 1
+    assert dict(zip(names, top3))["flower.jpg"].count("daisy") == 1
+
+
+def test_lite0_describes_itself(lite0) -> None:
+    assert (lite0.feature_dim, lite0.input_size) == (1280, 224)
+    assert [name for name, _ in lite0.blocks][:2] == ["stem", "_blocks.0"]
+    assert lite0.blocks[-1][0] == "head" and len(lite0.blocks) == 18
+    with torch.no_grad():
+        assert lite0.trunk.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1280)
+
+
+def test_random_init_differs_from_pretrained(lite0) -> None:
+    random = build_backbone("efficientnet_lite0", pretrained=False)
+    assert not torch.equal(random.trunk._conv_stem.weight, lite0.trunk._conv_stem.weight)
+
+
+def test_torchvision_backbone_by_name_without_weights() -> None:
+    resnet = build_backbone("resnet18", pretrained=False)
+    assert (resnet.feature_dim, resnet.input_size) == (512, 224)
+    assert resnet.mean == (0.485, 0.456, 0.406)
+    assert [name for name, _ in resnet.blocks] == [
+        "conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    with torch.no_grad():
+        assert resnet.trunk.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 512)
+
+
+def test_unknown_backbone_names_close_matches() -> None:
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet19'; did you mean resnet18"):
+        build_backbone("resnet19")
+
+
+def test_missing_torchvision_weights_say_how_to_supply_them(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", _no_network)
+    with pytest.raises(BackboneError) as error:
+        build_backbone("resnet18", pretrained=True)
+    message = str(error.value)
+    assert "resnet18-f37072fd.pth" in message and "could not be downloaded" in message
+    assert "network is unreachable" in message
+    assert "backbone.weights" in message and "backbone.pretrained: false" in message
+
+
+def test_cached_torchvision_weights_load_from_the_hub_cache(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = build_backbone("resnet18", pretrained=False)
+    state = {**source.trunk.state_dict(), **{f"fc.{k}": v for k, v in
+                                             source.imagenet_head.state_dict().items()}}
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    loaded = build_backbone("resnet18", pretrained=True)
+    assert torch.equal(loaded.trunk.conv1.weight, source.trunk.conv1.weight)
+
+
+def test_local_weights_file_with_ddp_prefix_and_foreign_head(tmp_path: Path) -> None:
+    source = build_backbone("efficientnet_lite0", pretrained=False)
+    state = {f"module.{k}": v for k, v in source.trunk.state_dict().items()}
+    state["module._fc.weight"] = torch.zeros(10, 1280)  # a 10-class head: dropped
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": state}, path)
+    loaded = build_backbone("efficientnet_lite0", weights=str(path))
+    assert torch.equal(loaded.trunk._conv_stem.weight, source.trunk._conv_stem.weight)
+
+
+def test_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save(build_backbone("resnet18", pretrained=False).trunk.state_dict(), path)
+    with pytest.raises(BackboneError, match="does not fit the backbone.*missing keys"):
+        build_backbone("efficientnet_lite0", weights=str(path))
+
+
+def test_available_backbones_lists_lite_and_torchvision() -> None:
+    names = available_backbones()
+    assert {"efficientnet_lite0", "resnet18", "efficientnet_b0"} <= set(names)
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network is unreachable")
+
+
+def test_square_resize_keeps_the_centre() -> None:
+    wide = np.zeros((100, 300, 3), dtype=np.uint8)
+    wide[:, 100:200] = 255  # a white centre square on black
+    out = np.asarray(square_resize(Image.fromarray(wide), 50))
+    assert out.shape == (50, 50, 3) and out.mean() > 250

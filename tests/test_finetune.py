@@ -1,0 +1,109 @@
+"""Freezing, BatchNorm handling, and the finetune_full stage keeping the best-on-val model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from imgpipe.backbones import build_backbone
+from imgpipe.finetune import parameter_counts, set_trainable, train_epoch
+from imgpipe.head import load_head
+from imgpipe.model import ImageClassifier, load_model
+from imgpipe.params import BackboneParams, FinetuneParams
+from stages.finetune_full import finetune_full
+
+LITE0 = BackboneParams("efficientnet_lite0", True, None)
+
+
+def classifier(freeze: str, trainable_blocks: int = 2):
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    model = ImageClassifier(backbone.trunk, nn.Linear(backbone.feature_dim, 3))
+    frozen = set_trainable(model, backbone, freeze, trainable_blocks)
+    return model, frozen
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_partial_trains_the_last_blocks_and_the_head_only() -> None:
+    model, _ = classifier("partial", trainable_blocks=2)  # lite0's last two: _blocks.15, head
+    expected = ("trunk._blocks.15.", "trunk._conv_head.", "trunk._bn1.", "head.")
+    names = trainable_names(model)
+    assert all(name.startswith(expected) for name in names)
+    assert all(any(name.startswith(prefix) for name in names) for prefix in expected)
+
+
+def test_all_trains_only_the_head_and_none_trains_everything() -> None:
+    model, _ = classifier("all")
+    assert trainable_names(model) == {"head.weight", "head.bias"}
+    model, frozen = classifier("none")
+    assert frozen == [] and parameter_counts(model)["frozen"] == 0
+
+
+def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
+    model, frozen = classifier("partial", trainable_blocks=1)
+    frozen_bn, trained_bn = model.trunk._blocks[0]._bn1, model.trunk._bn1
+    before = (frozen_bn.running_mean.clone(), trained_bn.running_mean.clone())
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])),
+                        batch_size=4)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train_epoch(model, frozen, loader, optimizer, "test")
+    assert torch.equal(frozen_bn.running_mean, before[0])
+    assert not torch.equal(trained_bn.running_mean, before[1])
+
+
+def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str, **overrides) -> dict:
+    params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
+                                      weight_decay=0.0, crop_scale_min=0.8, hflip=False,
+                                      seed=0), **overrides})
+    return finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+                         model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
+                         history_path=tmp_path / "history.csv", freeze=freeze,
+                         backbone_params=LITE0, params=params)
+
+
+def test_freeze_all_keeps_the_linear_probe_as_the_final_model(probed, tmp_path: Path) -> None:
+    metrics = run_finetune(probed, tmp_path, "all")
+    model, classes, _, payload = load_model(tmp_path / "model.pt")
+    head, head_classes, _ = load_head(probed["head"])
+    assert torch.equal(model.head.weight, head.weight) and classes == head_classes
+    assert metrics["best_epoch"] == 0 and payload["freeze"] == "all"
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 1
+
+
+def test_best_on_val_epoch_is_kept_not_the_last(probed, tmp_path: Path) -> None:
+    # A learning rate this large wrecks the network in one step: epoch 0 must win.
+    metrics = run_finetune(probed, tmp_path, "none", lr=5.0, epochs=2)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    assert history["val_accuracy"][0] > history["val_accuracy"][2]
+    assert metrics["best_epoch"] == 0
+    model, _, _, _ = load_model(tmp_path / "model.pt")
+    head, _, _ = load_head(probed["head"])
+    assert torch.equal(model.head.weight, head.weight)
+
+
+def test_partial_fine_tuning_trains_and_records_each_epoch(probed, tmp_path: Path) -> None:
+    metrics = run_finetune(probed, tmp_path, "partial", epochs=2)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    assert history["train_loss"][1:].notna().all()
+    assert 0 < metrics["params_trainable"] < metrics["params_total"]
+
+
+def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None:
+    from imgpipe.errors import DataError
+
+    other = BackboneParams("efficientnet_lite0", False, None)
+    with pytest.raises(DataError, match="was fitted on features of efficientnet_lite0"):
+        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
+                      history_path=tmp_path / "h.csv", freeze="all", backbone_params=other,
+                      params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, 0))

@@ -1,0 +1,69 @@
+"""The linear probe: C chosen on val, folded into one nn.Linear on raw features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgpipe.backbone_info import BackboneInfo
+from imgpipe.errors import DataError
+from imgpipe.features import FeatureSet
+from imgpipe.head import fit_linear_probe, load_head, save_head
+
+INFO = BackboneInfo("efficientnet_lite0", True, None, 5, 224, [0.5] * 3, [0.5] * 3)
+
+
+def blobs(n_per_class: int, num_classes: int, seed: int, spread: float = 1.0) -> FeatureSet:
+    """Gaussian clusters with features on very different scales (standardisation matters)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(num_classes, 5)) * 3
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    features = centres[labels] + rng.normal(scale=spread, size=(len(labels), 5))
+    features *= np.array([1, 10, 100, 0.1, 1000])
+    return FeatureSet(features.astype(np.float32), labels.astype(np.int64),
+                      np.array([f"id{i}" for i in range(len(labels))]))
+
+
+def test_folded_head_on_raw_features_predicts_like_the_probe() -> None:
+    train, val = blobs(30, 3, seed=0), blobs(10, 3, seed=1)
+    probe = fit_linear_probe(train, val, 3, c_grid=[0.01, 1.0], max_iter=500)
+    logits = val.features @ probe.weight.T + probe.bias
+    assert (logits.argmax(1) == val.labels).mean() == pytest.approx(probe.best.val_accuracy)
+    assert probe.best.val_accuracy > 0.9
+
+
+def test_c_is_chosen_on_val_accuracy_then_loss() -> None:
+    train, val = blobs(20, 3, seed=0, spread=3.0), blobs(20, 3, seed=1, spread=3.0)
+    probe = fit_linear_probe(train, val, 3, c_grid=[1e-4, 1e-2, 1.0], max_iter=500)
+    assert [p.c for p in probe.sweep] == [1e-4, 1e-2, 1.0]
+    best = max(probe.sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
+    assert probe.best_c == best.c
+
+
+def test_two_classes_fold_into_two_softmax_rows() -> None:
+    train, val = blobs(20, 2, seed=0), blobs(10, 2, seed=1)
+    probe = fit_linear_probe(train, val, 2, c_grid=[1.0], max_iter=500)
+    assert probe.weight.shape == (2, 5)
+    logits = val.features @ probe.weight.T + probe.bias
+    assert (logits.argmax(1) == val.labels).mean() == pytest.approx(probe.best.val_accuracy)
+
+
+def test_one_class_in_train_is_refused() -> None:
+    train = blobs(10, 1, seed=0)
+    with pytest.raises(DataError, match="fewer than two classes"):
+        fit_linear_probe(train, train, 2, c_grid=[1.0], max_iter=100)
+
+
+def test_saved_head_loads_as_a_linear_layer(tmp_path: Path) -> None:
+    train, val = blobs(20, 3, seed=0), blobs(10, 3, seed=1)
+    probe = fit_linear_probe(train, val, 3, c_grid=[1.0], max_iter=500)
+    save_head(tmp_path / "head.pt", probe, ["a", "b", "c"], INFO)
+    head, classes, info = load_head(tmp_path / "head.pt")
+    assert classes == ["a", "b", "c"] and info == INFO
+    with torch.no_grad():
+        torch_logits = head(torch.from_numpy(val.features)).numpy()
+    np.testing.assert_allclose(torch_logits, val.features @ probe.weight.T + probe.bias,
+                               rtol=1e-4, atol=1e-3)

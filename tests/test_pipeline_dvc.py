@@ -1,0 +1,129 @@
+"""The pipeline under real `dvc` commands, in a temporary copy of the repository.
+
+The tests run in order on one copy: first repro, no-op repro, experiments that change
+one stage's params, and a return to earlier params served from DVC's run-cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+STAGES = ("prepare", "extract", "train_head", "finetune_full", "evaluate")
+_COPIED = ("dvc.yaml", "params.yaml", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore")
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+               DVC_NO_ANALYTICS="1")
+    return env
+
+
+def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=project, env=_env(project), capture_output=True,
+                            text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def stages_restored(output: str) -> set[str]:
+    return set(re.findall(r"Stage '(\w+)' is cached - skipping run", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
+    """A git + DVC copy of the repository whose params point at a tiny dataset."""
+    project = tmp_path_factory.mktemp("project")
+    for name in _COPIED:
+        source, target = REPO_ROOT / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    shutil.copytree(digits_dir, project / "data" / "tiny")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["source"] = "data/tiny"
+    params["train_head"]["c_grid"] = [0.1, 1.0]
+    params["finetune_full"].update(epochs=1, batch_size=8, trainable_blocks=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(project, "git", "init", "-q")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-q", "-m", "tiny project")
+    return project
+
+
+def test_first_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
+    result = dvc(project, "repro")
+    assert stages_run(result.stdout) == set(STAGES)
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert metrics["images"] == 6  # 3 classes x 2 test images (20% of 10)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert (project / "models" / "model.pt").is_file()
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-q", "-m", "first run")
+
+
+def test_second_repro_runs_no_stage(project: Path) -> None:
+    result = dvc(project, "repro")
+    assert stages_run(result.stdout) == set()
+    assert "didn't change, skipping" in result.stdout
+
+
+def test_train_head_param_reruns_from_train_head_with_cached_features(project: Path) -> None:
+    result = dvc(project, "exp", "run", "-S", "train_head.c_grid=[0.01]")
+    assert stages_run(result.stdout) == {"train_head", "finetune_full", "evaluate"}
+    assert json.loads((project / "metrics" / "train_head.json").read_text())["best_c"] == 0.01
+
+
+def test_freeze_partial_reruns_only_finetune_and_evaluate(project: Path) -> None:
+    result = dvc(project, "exp", "run", "-S", "freeze=partial")
+    assert stages_run(result.stdout) == {"finetune_full", "evaluate"}
+    history = (project / "metrics" / "plots" / "finetune_history.csv").read_text()
+    assert len(history.strip().splitlines()) == 3  # header, epoch 0 (the probe), epoch 1
+
+
+def test_earlier_params_are_restored_from_run_cache(project: Path) -> None:
+    result = dvc(project, "exp", "run", "-S", "freeze=all")
+    assert stages_run(result.stdout) == set()
+    assert stages_restored(result.stdout) == {"finetune_full", "evaluate"}
+    history = (project / "metrics" / "plots" / "finetune_history.csv").read_text()
+    assert len(history.strip().splitlines()) == 2  # header and epoch 0 only: freeze=all
+
+
+@pytest.mark.parametrize(("key_value", "message"), [
+    ("freeze=some", "freeze: 'some' is not allowed; use one of all, partial, none"),
+    ("backbone.name=resnet19", "did you mean resnet18"),
+    # DVC checks the dependency before the stage runs, and names the missing path.
+    ("data.source=data/missing", "No such file or directory"),
+])
+def test_bad_params_stop_the_stage_with_one_clear_line(project: Path, key_value: str,
+                                                       message: str) -> None:
+    result = dvc(project, "exp", "run", "-S", key_value, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    run(project, "git", "checkout", "--", "params.yaml")
