@@ -32,7 +32,7 @@ def test_evaluate_agrees_with_the_head_on_cached_test_features(probed, tmp_path:
                   model_path=tmp_path / "model.pt", metrics_path=tmp_path / "f.json",
                   history_path=tmp_path / "h.csv", freeze="all",
                   backbone_params=BackboneParams("efficientnet_lite0", True, None),
-                  params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, 0))
+                  params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, "frozen", 0))
     metrics = evaluate(prepared_dir=probed["prepared"], model_path=tmp_path / "model.pt",
                        metrics_path=tmp_path / "eval.json",
                        predictions_path=tmp_path / "predictions.csv",

@@ -62,7 +62,7 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
 def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str, **overrides) -> dict:
     params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
                                       weight_decay=0.0, crop_scale_min=0.8, hflip=False,
-                                      seed=0), **overrides})
+                                      bn_stats="frozen", seed=0), **overrides})
     return finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
                          model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
                          history_path=tmp_path / "history.csv", freeze=freeze,
@@ -106,4 +106,15 @@ def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None
         finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
                       model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
                       history_path=tmp_path / "h.csv", freeze="all", backbone_params=other,
-                      params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, 0))
+                      params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, "frozen", 0))
+
+
+def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
+    model, frozen = classifier("none")
+    before = model.trunk._bn1.running_mean.clone()
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])),
+                        batch_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_epoch(model, frozen, loader, optimizer, "test", bn_stats="frozen")
+    assert torch.equal(model.trunk._bn1.running_mean, before)
+    assert model.training  # only BatchNorm layers were switched to eval

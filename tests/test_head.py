@@ -67,3 +67,15 @@ def test_saved_head_loads_as_a_linear_layer(tmp_path: Path) -> None:
         torch_logits = head(torch.from_numpy(val.features)).numpy()
     np.testing.assert_allclose(torch_logits, val.features @ probe.weight.T + probe.bias,
                                rtol=1e-4, atol=1e-3)
+
+
+def test_near_dead_features_do_not_get_huge_folded_weights() -> None:
+    train, val = blobs(30, 3, seed=0), blobs(10, 3, seed=1)
+    rare = np.zeros((len(train.labels), 1), dtype=np.float32)
+    rare[0] = 1e-4  # one activation in 90 images: std ~1e-5
+    train = FeatureSet(np.hstack([train.features, rare]), train.labels, train.image_ids)
+    val = FeatureSet(np.hstack([val.features, np.zeros((len(val.labels), 1), np.float32)]),
+                     val.labels, val.image_ids)
+    probe = fit_linear_probe(train, val, 3, c_grid=[1.0], max_iter=500)
+    typical = np.median(np.abs(probe.weight[:, :5]))
+    assert np.abs(probe.weight[:, 5]).max() < 100 * max(typical, 1e-3)

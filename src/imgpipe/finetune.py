@@ -55,11 +55,22 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def train_epoch(model: ImageClassifier, frozen: list[nn.Module], loader: DataLoader,
-                optimizer: torch.optim.Optimizer, desc: str) -> EpochResult:
-    """One pass over `loader`; frozen modules stay in eval mode (BatchNorm stats fixed)."""
+                optimizer: torch.optim.Optimizer, desc: str,
+                bn_stats: str = "update") -> EpochResult:
+    """One pass over `loader`.
+
+    Frozen modules stay in eval mode, so their BatchNorm statistics never move. With
+    `bn_stats="frozen"` every BatchNorm layer normalises with its running statistics
+    (its affine weights still train): small fine-tuning batches then cannot shift the
+    features away from those the linear probe was fitted on.
+    """
     model.train()
     for module in frozen:
         module.eval()
+    if bn_stats == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2.0):
         logits = model(images)

@@ -1,7 +1,7 @@
 """The linear probe: L2-regularised multinomial logistic regression on cached features.
 
-Protocol of the linear-probe literature: features standardised with train statistics,
-the inverse L2 strength C swept on a log grid and chosen on val. The fitted model is
+Protocol of the linear-probe literature: features standardised with train statistics
+(std floored, see below), the inverse L2 strength C swept on a log grid and chosen on val. The fitted model is
 then folded into one `nn.Linear` on raw features, the head the backbone gets next.
 """
 
@@ -25,6 +25,7 @@ from imgpipe.features import FeatureSet
 from imgpipe.io import atomic_path
 
 _logger = logging.getLogger(__name__)
+_SCALE_FLOOR = 0.1  # fraction of the median feature std below which a std is raised
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,11 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
         raise DataError("the train split holds fewer than two classes: nothing to learn")
     features = train.features.astype(np.float64)  # float32 probabilities miss sum-to-1 checks
     mean = features.mean(axis=0)
+    # Near-dead units (std far below the typical one) would get huge weights once the
+    # scaling is folded into the head, and fine-tuning would then blow up on the smallest
+    # shift in them: their scale is floored at a fraction of the median std.
     scale = features.std(axis=0)
-    scale[scale < 1e-6] = 1.0  # constant features (dead units) stay at zero, not inf
+    scale = np.maximum(scale, _SCALE_FLOOR * max(float(np.median(scale)), 1e-12))
     train_x = (features - mean) / scale
     val_x = (val.features.astype(np.float64) - mean) / scale
     classes = np.arange(num_classes)

@@ -83,6 +83,7 @@ class FinetuneParams:
     weight_decay: float
     crop_scale_min: float  # RandomResizedCrop keeps at least this area fraction
     hflip: bool
+    bn_stats: Literal["frozen", "update"]  # BatchNorm running statistics while training
     seed: int
 
     def __post_init__(self) -> None:

@@ -72,7 +72,8 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                                       lr=params.lr, weight_decay=params.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
         for epoch in range(1, params.epochs + 1):
-            trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}")
+            trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}",
+                                  bn_stats=params.bn_stats)
             schedule.step()
             val = evaluate_epoch(model, val_loader)
             history.append({"epoch": epoch, "train_loss": trained.loss,
