@@ -59,7 +59,7 @@ def test_bad_files_are_skipped_and_reported(digits_dir: Path, tmp_path: Path) ->
     assert reasons["zero/truncated.png"].startswith("unreadable image")
     assert "labelled 'seven' and 'zero'" in reasons["seven/also_zero.png"]
     assert "labelled 'seven' and 'zero'" in reasons[f"zero/{good.name}"]
-    assert metrics["skipped"] == 5 and metrics["per_class"]["zero"] == 9
+    assert metrics["skipped"] == 5 and metrics["images_per_class"]["zero"] == 9
 
 
 def test_a_single_class_stops_with_its_name_and_count(digits_dir: Path,

@@ -121,7 +121,7 @@ def _counts(table: pd.DataFrame, classes: list[str], skipped: list[Skipped]) -> 
     return {
         "classes": len(classes),
         "images": {split: int((table["split"] == split).sum()) for split in SPLITS},
-        "per_class": {c: int((table["label"] == c).sum()) for c in classes},
+        "images_per_class": {c: int((table["label"] == c).sum()) for c in classes},
         "skipped": len(skipped),
     }
 
