@@ -1,8 +1,9 @@
 """The linear probe: L2-regularised multinomial logistic regression on cached features.
 
 Protocol of the linear-probe literature: features standardised with train statistics
-(std floored, see below), the inverse L2 strength C swept on a log grid and chosen on val. The fitted model is
-then folded into one `nn.Linear` on raw features, the head the backbone gets next.
+(std floored, see below), the inverse L2 strength C swept on a log grid and chosen on
+val. The fitted model is then folded into one `nn.Linear` on raw features, the head the
+backbone gets next.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
 from imgpipe.features import FeatureSet
-from imgpipe.io import atomic_path
+from imgpipe.io import save_torch
 
 _logger = logging.getLogger(__name__)
 _SCALE_FLOOR = 0.1  # fraction of the median feature std below which a std is raised
@@ -110,8 +111,7 @@ def _fold_standardisation(fit: LogisticRegression, mean: np.ndarray, scale: np.n
 def save_head(path: Path, probe: LinearProbe, classes: list[str], info: BackboneInfo) -> None:
     payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
                "classes": list(classes), "backbone": asdict(info), "c": probe.best_c}
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    save_torch(path, payload)
 
 
 def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:

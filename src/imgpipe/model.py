@@ -17,7 +17,7 @@ from torch import nn
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone
 from imgpipe.errors import BackboneError
-from imgpipe.io import atomic_path
+from imgpipe.io import save_torch
 
 FORMAT_VERSION = 1
 
@@ -39,8 +39,7 @@ def save_model(path: Path, model: ImageClassifier, *, classes: list[str], info: 
     """Write the model file atomically."""
     payload = {"format_version": FORMAT_VERSION, "state_dict": model.state_dict(),
                "classes": list(classes), "backbone": asdict(info), **extra}
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    save_torch(path, payload)
 
 
 def load_model(path: Path) -> tuple[ImageClassifier, list[str], BackboneInfo, dict[str, Any]]:
