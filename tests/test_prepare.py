@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -70,3 +71,89 @@ def test_a_single_class_stops_with_its_name_and_count(digits_dir: Path,
         run_prepare(source, tmp_path)
     assert not (tmp_path / "prepared").exists()  # nothing half-written left behind
     assert not list(tmp_path.glob(".prepared*"))
+
+
+def _write_modes(folder: Path, seed: int) -> None:
+    """One real file per awkward format, each with a distinct picture (distinct content)."""
+    folder.mkdir(parents=True)
+    noise = np.random.default_rng(seed).integers(0, 255, size=(40, 60, 3), dtype=np.uint8)
+    rgb = Image.fromarray(noise)
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    rgb.convert("P").save(folder / "palette.png")
+    rgb.convert("L").save(folder / "gray.jpg")
+    Image.fromarray(noise[..., 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
+    rgb.transpose(Image.FLIP_LEFT_RIGHT).save(folder / "rgb.webp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    rgb.transpose(Image.FLIP_TOP_BOTTOM).save(folder / "rotated.jpg", exif=exif)
+
+
+def test_every_awkward_format_is_prepared_as_rgb(tmp_path: Path) -> None:
+    source = tmp_path / "formats"
+    _write_modes(source / "mixed", seed=0)
+    _write_modes(source / "mixed twice é", seed=1)  # unicode and spaces in the path
+    metrics = run_prepare(source, tmp_path, val_fraction=0.3, test_fraction=0.3)
+    assert metrics["skipped"] == 0
+    table = read_manifest(tmp_path / "prepared")
+    assert len(table) == 14
+    for file in table["file"]:
+        with Image.open(file) as image:
+            assert (image.mode, image.size) == ("RGB", (48, 48))
+
+
+def test_decompression_bombs_are_skipped(digits_dir: Path, tmp_path: Path,
+                                         monkeypatch) -> None:
+    source = tmp_path / "bomb"
+    shutil.copytree(digits_dir, source)
+    Image.new("L", (200, 200)).save(source / "one" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)  # the 32 px digits fit
+    run_prepare(source, tmp_path)
+    report = pd.read_csv(tmp_path / "skipped.csv")
+    assert report["reason"][0].startswith("too large to decode safely")
+
+
+def test_on_error_stop_fails_on_the_first_unreadable_file(digits_dir: Path,
+                                                          tmp_path: Path) -> None:
+    source = tmp_path / "broken"
+    shutil.copytree(digits_dir, source)
+    (source / "one" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(DataError, match=r"one/broken.jpg: unreadable image.*"
+                                        r"prepare.on_error: skip"):
+        run_prepare(source, tmp_path, on_error="stop")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_data_classes_keeps_and_orders_labels(digits_dir: Path, tmp_path: Path) -> None:
+    metrics = run_prepare(digits_dir, tmp_path, classes=["zero", "one"])
+    assert read_classes(tmp_path / "prepared") == ["zero", "one"]
+    assert metrics["skipped"] == 10
+    report = pd.read_csv(tmp_path / "skipped.csv")
+    assert set(report["reason"]) == {"unknown label 'seven' (not in data.classes)"}
+
+
+def test_data_classes_naming_an_absent_label_is_refused(digits_dir: Path,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data.classes lists 'eight'"):
+        run_prepare(digits_dir, tmp_path, classes=["zero", "eight"])
+
+
+def test_a_class_too_small_to_split_is_named(digits_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "small"
+    shutil.copytree(digits_dir, source)
+    for extra in sorted((source / "seven").iterdir())[2:]:
+        extra.unlink()
+    with pytest.raises(DataError, match=r"class 'seven' has 2 image\(s\), too few"):
+        run_prepare(source, tmp_path)
+
+
+def test_csv_manifest_source_with_missing_files(digits_dir: Path, tmp_path: Path) -> None:
+    rows = ["path,label"] + [f"{p.relative_to(digits_dir).as_posix()},{p.parent.name}"
+                             for p in sorted(digits_dir.rglob("*.png"))]
+    rows += ["zero/gone.png,zero", "zero/0000.png,zero"]  # a missing file, a duplicate row
+    (digits_dir / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    try:
+        metrics = run_prepare(digits_dir / "labels.csv", tmp_path)
+    finally:
+        (digits_dir / "labels.csv").unlink()
+    assert sum(metrics["images"].values()) == 30 and metrics["skipped"] == 2

@@ -27,6 +27,11 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false",
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     source: str  # dataset root: ImageFolder tree or CSV manifest
+    classes: list[str] | None = None  # keep only these labels, in this order
+
+    def __post_init__(self) -> None:
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ParamsError(f"data.classes: {self.classes!r} repeats a name; list each once")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class PrepareParams:
     val_fraction: float
     test_fraction: float
     image_size: int  # pixels, side of the stored square images
+    on_error: Literal["skip", "stop"]  # unreadable images and broken manifest rows
 
     def __post_init__(self) -> None:
         _check_range("prepare.val_fraction", self.val_fraction, 0.0, 1.0, closed=False)

@@ -29,6 +29,7 @@ class Skipped:
 
     relpath: str
     reason: str
+    broken: bool = False  # a file that should be usable but is not (prepare.on_error applies)
 
 
 def list_samples(source: Path) -> tuple[list[Sample], list[Skipped]]:
@@ -88,13 +89,19 @@ def _list_csv(manifest: Path) -> tuple[list[Sample], list[Skipped]]:
     for line, row in enumerate(rows, start=2):
         relpath, label = (row["path"] or "").strip(), (row["label"] or "").strip()
         where = relpath or f"line {line}"
-        path = (root / relpath).resolve()
+        try:
+            path = (root / relpath).resolve()
+            is_file = path.is_file()
+        except (OSError, ValueError) as error:  # NUL bytes, names too long
+            skipped.append(Skipped(where, f"line {line}: invalid path ({error})", broken=True))
+            continue
         if not relpath or not label:
-            skipped.append(Skipped(where, f"line {line}: empty path or label"))
+            skipped.append(Skipped(where, f"line {line}: empty path or label", broken=True))
         elif not path.is_relative_to(root):
-            skipped.append(Skipped(where, f"line {line}: path leaves the dataset folder {root}"))
-        elif not path.is_file():
-            skipped.append(Skipped(where, f"line {line}: file not found"))
+            skipped.append(Skipped(where, f"line {line}: path leaves the dataset folder {root}",
+                                   broken=True))
+        elif not is_file:
+            skipped.append(Skipped(where, f"line {line}: file not found", broken=True))
         elif path.as_posix() in samples:
             kept = samples[path.as_posix()]
             reason = "duplicate row" if kept.label == label else (

@@ -30,19 +30,28 @@ _logger = logging.getLogger(__name__)
 
 
 def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Path, seed: int,
-            val_fraction: float, test_fraction: float, image_size: int) -> dict:
+            val_fraction: float, test_fraction: float, image_size: int,
+            classes: list[str] | None = None, on_error: str = "skip") -> dict:
     """Turn the images under `source` into a split, resized, content-addressed dataset.
+
+    Args:
+        classes: labels to keep, in this order; None keeps every label, sorted.
+        on_error: "skip" lists unreadable files in the report; "stop" raises on the first.
 
     Returns:
         The metrics written to `metrics_path` (counts per split and class, skipped files).
     """
     samples, skipped = list_samples(source)
     _logger.info("found %d image files under %s", len(samples), source)
+    if classes is not None:
+        samples = _keep_classes(samples, classes, skipped)
+    if on_error == "stop":
+        _stop_on_broken(skipped)
     with atomic_path(out_dir) as staging:
         (staging / IMAGES_DIR).mkdir(parents=True)
-        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped)
+        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped, on_error)
         rows = _drop_duplicates(kept, staging / IMAGES_DIR, skipped)
-        classes = _check_classes(rows, skipped)
+        classes = _check_classes(rows, skipped, classes)
         table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
         table["file"] = [f"{IMAGES_DIR}/{i}{PREPARED_SUFFIX}" for i in table["image_id"]]
         table["label_index"] = [classes.index(label) for label in table["label"]]
@@ -60,31 +69,58 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
     return metrics
 
 
+def _keep_classes(samples: list[Sample], classes: list[str],
+                  skipped: list[Skipped]) -> list[Sample]:
+    for sample in samples:
+        if sample.label not in classes:
+            skipped.append(Skipped(sample.relpath, f"unknown label {sample.label!r} "
+                                   "(not in data.classes)", broken=True))
+    return [sample for sample in samples if sample.label in classes]
+
+
+def _stop_on_broken(skipped: list[Skipped]) -> None:
+    broken = [s for s in skipped if s.broken]
+    if broken:
+        raise DataError(f"{broken[0].relpath}: {broken[0].reason} ({len(broken)} such "
+                        "problem(s)); fix the data, or set prepare.on_error: skip")
+
+
 def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
-                skipped: list[Skipped]) -> list[tuple[str, Sample]]:
+                skipped: list[Skipped], on_error: str) -> list[tuple[str, Sample]]:
     """Decode, convert and resize each sample into `images_dir`; skip what cannot be read."""
     kept = []
     for sample in tqdm(samples, desc="prepare", unit="img", mininterval=2.0):
-        data = sample.path.read_bytes()
-        if not data:
-            skipped.append(Skipped(sample.relpath, "empty file (0 bytes)"))
-            continue
-        image_id = content_id(data)
-        target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as image:
-                    image.load()
-                    prepared = square_resize(to_rgb(image), image_size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as error:
-            skipped.append(Skipped(sample.relpath, f"unreadable image: {error}"))
-            continue
-        if not target.exists():
-            save_prepared(prepared, target)
-        kept.append((image_id, sample))
+        problem = _prepare_one(sample, images_dir, image_size)
+        if isinstance(problem, Skipped):
+            skipped.append(problem)
+            if on_error == "stop":
+                _stop_on_broken([problem])
+        else:
+            kept.append((problem, sample))
     return kept
+
+
+def _prepare_one(sample: Sample, images_dir: Path, image_size: int) -> str | Skipped:
+    """Write one prepared image; its content id, or why it was skipped."""
+    data = sample.path.read_bytes()
+    if not data:
+        return Skipped(sample.relpath, "empty file (0 bytes)", broken=True)
+    image_id = content_id(data)
+    target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit: refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                prepared = square_resize(to_rgb(image), image_size)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        return Skipped(sample.relpath, f"too large to decode safely: {error}", broken=True)
+    except (OSError, SyntaxError, ValueError) as error:
+        return Skipped(sample.relpath, f"unreadable image: {error}", broken=True)
+    if not target.exists():
+        save_prepared(prepared, target)
+    return image_id
 
 
 def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
@@ -108,13 +144,18 @@ def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
     return rows
 
 
-def _check_classes(rows: list[tuple[str, str, str]], skipped: list[Skipped]) -> list[str]:
+def _check_classes(rows: list[tuple[str, str, str]], skipped: list[Skipped],
+                   wanted: list[str] | None) -> list[str]:
     counts = Counter(label for _, _, label in rows)
+    empty = [name for name in wanted or [] if name not in counts]
+    if empty:
+        raise DataError(f"data.classes lists {', '.join(map(repr, empty))} but no readable "
+                        "image has that label; fix the name or remove it from data.classes")
     if len(counts) < 2:
         found = ", ".join(f"{label!r} ({n} images)" for label, n in counts.items()) or "none"
         raise DataError(f"found {len(counts)} class(es) with readable images: {found}; "
                         f"a classifier needs at least two ({len(skipped)} files skipped)")
-    return sorted(counts)
+    return list(wanted) if wanted else sorted(counts)
 
 
 def _counts(table: pd.DataFrame, classes: list[str], skipped: list[Skipped]) -> dict:
@@ -145,7 +186,8 @@ def main() -> None:
                 metrics_path=args.metrics, report_path=args.report, seed=params.prepare.seed,
                 val_fraction=params.prepare.val_fraction,
                 test_fraction=params.prepare.test_fraction,
-                image_size=params.prepare.image_size)
+                image_size=params.prepare.image_size, classes=params.data.classes,
+                on_error=params.prepare.on_error)
 
     stage.run("prepare", body)
 
