@@ -59,11 +59,14 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
     assert not torch.equal(trained_bn.running_mean, before[1])
 
 
-def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str, **overrides) -> dict:
+def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
+                 checkpoint_dir: Path | None = None, **overrides) -> dict:
     params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
                                       weight_decay=0.0, crop_scale_min=0.8, hflip=False,
                                       bn_stats="frozen", seed=0), **overrides})
-    return finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return finetune_full(checkpoint_dir=checkpoint_dir, prepared_dir=probed["prepared"],
+                         head_path=probed["head"],
                          model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
                          history_path=tmp_path / "history.csv", freeze=freeze,
                          backbone_params=LITE0, params=params)
@@ -118,3 +121,42 @@ def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
     train_epoch(model, frozen, loader, optimizer, "test", bn_stats="frozen")
     assert torch.equal(model.trunk._bn1.running_mean, before)
     assert model.training  # only BatchNorm layers were switched to eval
+
+
+def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    import imgpipe.finetune
+
+    common = dict(epochs=3, lr=3e-4, trainable_blocks=2)
+    run_finetune(probed, tmp_path / "straight", "partial", **common)
+
+    real_train_epoch, calls = imgpipe.finetune.train_epoch, []
+
+    def crash_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during epoch 2")
+        return real_train_epoch(*args, **kwargs)
+
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    monkeypatch.setattr(imgpipe.finetune, "train_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(probed, tmp_path / "resumed", "partial", checkpoint_dir=checkpoints,
+                     **common)
+    assert len(list(checkpoints.glob("finetune-*.pt"))) == 1  # epoch 1 was saved
+    trained_epochs = []
+
+    def count(*args, **kwargs):
+        trained_epochs.append(args[4])  # the progress label, "epoch N"
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(imgpipe.finetune, "train_epoch", count)
+    run_finetune(probed, tmp_path / "resumed", "partial", checkpoint_dir=checkpoints, **common)
+    assert trained_epochs == ["epoch 2", "epoch 3"]  # resumed, not started over
+
+    assert ((tmp_path / "straight" / "history.csv").read_text()
+            == (tmp_path / "resumed" / "history.csv").read_text())
+    straight = load_model(tmp_path / "straight" / "model.pt")[0].state_dict()
+    resumed = load_model(tmp_path / "resumed" / "model.pt")[0].state_dict()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert not checkpoints.exists()  # removed once the stage succeeded

@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,70 @@ def test_bad_params_stop_the_stage_with_one_clear_line(project: Path, key_value:
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     run(project, "git", "checkout", "--", "params.yaml")
+
+
+def _set_params(project: Path, **sections: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _kill_when(project: Path, pattern: str, *args: str) -> None:
+    """Start `dvc ...`, SIGKILL its whole process group once `pattern` matches a file."""
+    process = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project,
+                               env=_env(project), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(6000):  # 10 minutes at most
+            if list(project.glob(pattern)) or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, f"dvc {' '.join(args)} ended before {pattern} appeared"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _lock_hashes(project: Path) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {f"{stage}:{out['path']}": out["md5"]
+            for stage, entry in lock["stages"].items() for out in entry.get("outs", [])}
+
+
+def test_kill_9_during_finetune_resumes_and_matches_an_uninterrupted_run(
+        project: Path) -> None:
+    _set_params(project, freeze="partial", finetune_full={"epochs": 3})
+    _kill_when(project, "models/checkpoints/finetune-*.pt", "repro")
+    result = dvc(project, "repro")
+    assert "finetune_full" in stages_run(result.stdout)
+    assert "resuming from" in result.stdout + result.stderr
+    resumed = (project / "metrics" / "plots" / "finetune_history.csv").read_text()
+    resumed_model = _lock_hashes(project)["finetune_full:models/model.pt"]
+
+    result = dvc(project, "repro", "-f", "-s", "finetune_full")  # from scratch, no kill
+    assert "resuming from" not in result.stdout + result.stderr
+    assert (project / "metrics" / "plots" / "finetune_history.csv").read_text() == resumed
+    assert _lock_hashes(project)["finetune_full:models/model.pt"] == resumed_model
+
+
+def test_kill_9_during_extract_leaves_nothing_taken_as_valid(project: Path) -> None:
+    before = _lock_hashes(project)
+    _kill_when(project, "data/.features.*.tmp", "repro", "-f", "-s", "extract")
+    result = dvc(project, "repro")  # restored from the run-cache, or re-extracted
+    assert stages_run(result.stdout) | stages_restored(result.stdout) == {"extract"}
+    assert _lock_hashes(project) == before
+    assert "up to date" in dvc(project, "status").stdout
+    # The killed run's staging folder was never renamed into place; the next run of the
+    # stage removes it (tests/test_io.py).
+
+
+def test_forced_rerun_of_everything_reproduces_every_output(project: Path) -> None:
+    before = _lock_hashes(project)
+    metrics_before = (project / "metrics" / "train_head.json").read_text()
+    dvc(project, "repro", "-f")
+    assert _lock_hashes(project) == before
+    assert (project / "metrics" / "train_head.json").read_text() == metrics_before

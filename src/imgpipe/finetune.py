@@ -1,9 +1,11 @@
-"""End-to-end fine-tuning: which parameters train, one epoch of training, one of eval."""
+"""End-to-end fine-tuning: what trains, epochs of training and eval, resumable checkpoints."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgpipe.backbones import Backbone
+from imgpipe.io import save_torch
 from imgpipe.model import ImageClassifier
 
 _logger = logging.getLogger(__name__)
@@ -94,3 +97,68 @@ def evaluate_epoch(model: ImageClassifier, loader: DataLoader) -> EpochResult:
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
     return EpochResult(loss_sum / seen, correct / seen)
+
+
+@dataclass
+class Progress:
+    """Per-epoch history and the best-on-val weights so far; epoch 0 is the start."""
+
+    history: list[dict]
+    best_state: dict[str, torch.Tensor]
+    best: dict
+
+
+def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLoader,
+        val_loader: DataLoader, optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+        epochs: int, bn_stats: str, progress: Progress, checkpoint: Path | None) -> Progress:
+    """Train up to `epochs`, keeping the best-on-val weights (higher accuracy, then loss).
+
+    After every epoch the whole training state (weights, optimizer, schedule, random
+    generators, history) is written to `checkpoint`; a run that finds one resumes after
+    its epoch and ends with the same result as a run never interrupted.
+    """
+    if checkpoint is not None and checkpoint.is_file():
+        progress = _resume(checkpoint, model, optimizer, schedule, generator)
+    for epoch in range(len(progress.history), epochs + 1):
+        trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}",
+                              bn_stats=bn_stats)
+        schedule.step()
+        val = evaluate_epoch(model, val_loader)
+        progress.history.append({"epoch": epoch, "train_loss": trained.loss,
+                                 "train_accuracy": trained.accuracy, "val_loss": val.loss,
+                                 "val_accuracy": val.accuracy})
+        _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f loss %.4f", epoch,
+                     trained.accuracy, trained.loss, val.accuracy, val.loss)
+        if (val.accuracy, -val.loss) > (progress.best["val_accuracy"],
+                                        -progress.best["val_loss"]):
+            progress.best_state = copy.deepcopy(model.state_dict())
+            progress.best = progress.history[-1]
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, optimizer, schedule, generator, progress)
+    return progress
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     schedule: torch.optim.lr_scheduler.LRScheduler,
+                     generator: torch.Generator, progress: Progress) -> None:
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+               "loader_rng": generator.get_state(), "history": progress.history,
+               "best_state": progress.best_state, "best_epoch": progress.best["epoch"]}
+    save_torch(path, payload)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: torch.optim.lr_scheduler.LRScheduler,
+            generator: torch.Generator) -> Progress:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    torch.set_rng_state(payload["torch_rng"])
+    generator.set_state(payload["loader_rng"])
+    history = payload["history"]
+    _logger.info("resuming from %s after epoch %d", path, history[-1]["epoch"])
+    best = next(row for row in history if row["epoch"] == payload["best_epoch"])
+    return Progress(history, payload["best_state"], best)

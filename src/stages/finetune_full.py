@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import logging
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +26,10 @@ from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone
 from imgpipe.data import ImageDataset
 from imgpipe.errors import DataError
-from imgpipe.finetune import evaluate_epoch, parameter_counts, set_trainable, train_epoch
+from imgpipe.finetune import Progress, evaluate_epoch, fit, parameter_counts, set_trainable
 from imgpipe.head import load_head
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import read_manifest
+from imgpipe.manifest import MANIFEST_NAME, read_manifest
 from imgpipe.model import ImageClassifier, save_model
 from imgpipe.params import BackboneParams, FinetuneParams, load_params
 from imgpipe.transforms import eval_transform, train_transform
@@ -35,8 +39,12 @@ _logger = logging.getLogger(__name__)
 
 def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metrics_path: Path,
                   history_path: Path, freeze: str, backbone_params: BackboneParams,
-                  params: FinetuneParams) -> dict:
-    """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model."""
+                  params: FinetuneParams, checkpoint_dir: Path | None = None) -> dict:
+    """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model.
+
+    With `checkpoint_dir`, training state is saved there after every epoch and an
+    interrupted run with the same params, head and data resumes from it.
+    """
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     backbone = build_backbone(backbone_params.name, backbone_params.pretrained,
@@ -54,35 +62,31 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                  counts["trainable"], counts["frozen"])
 
     val_loader = _loader(prepared_dir, "val", eval_transform(
-        backbone.input_size, backbone.mean, backbone.std), params.batch_size, seed=None)
+        backbone.input_size, backbone.mean, backbone.std), params.batch_size, generator=None)
     start = evaluate_epoch(model, val_loader)
     history = [{"epoch": 0, "train_loss": None, "train_accuracy": None,
                 "val_loss": start.loss, "val_accuracy": start.accuracy}]
-    best_state, best = copy.deepcopy(model.state_dict()), history[0]
+    progress = Progress(history, copy.deepcopy(model.state_dict()), history[0])
     _logger.info("epoch 0 (linear probe): val acc %.4f  val loss %.4f", start.accuracy,
                  start.loss)
     if freeze == "all":
         _logger.info("freeze=all: no end-to-end training, the linear-probe model is final")
     else:
+        generator = torch.Generator().manual_seed(params.seed)
         train_loader = _loader(prepared_dir, "train", train_transform(
             backbone.input_size, backbone.mean, backbone.std,
             crop_scale_min=params.crop_scale_min, hflip=params.hflip),
-            params.batch_size, seed=params.seed)
+            params.batch_size, generator=generator)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=params.lr, weight_decay=params.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-        for epoch in range(1, params.epochs + 1):
-            trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}",
-                                  bn_stats=params.bn_stats)
-            schedule.step()
-            val = evaluate_epoch(model, val_loader)
-            history.append({"epoch": epoch, "train_loss": trained.loss,
-                            "train_accuracy": trained.accuracy, "val_loss": val.loss,
-                            "val_accuracy": val.accuracy})
-            _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f loss %.4f", epoch,
-                         trained.accuracy, trained.loss, val.accuracy, val.loss)
-            if (val.accuracy, -val.loss) > (best["val_accuracy"], -best["val_loss"]):
-                best_state, best = copy.deepcopy(model.state_dict()), history[-1]
+        checkpoint = None if checkpoint_dir is None else checkpoint_dir / (
+            f"finetune-{_run_key(freeze, backbone_params, params, head_path, prepared_dir)}.pt")
+        progress = fit(model, frozen, train_loader=train_loader, val_loader=val_loader,
+                       optimizer=optimizer, schedule=schedule, generator=generator,
+                       epochs=params.epochs, bn_stats=params.bn_stats, progress=progress,
+                       checkpoint=checkpoint)
+    best_state, best, history = progress.best_state, progress.best, progress.history
     model.load_state_dict(best_state)
     save_model(model_path, model, classes=classes, info=info,
                extra={"freeze": freeze, "best_epoch": best["epoch"]})
@@ -93,16 +97,28 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                "params_total": counts["total"]}
     write_json(metrics_path, metrics)
     _logger.info("kept epoch %d: val acc %.4f", best["epoch"], best["val_accuracy"])
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # done: nothing left to resume
     return metrics
 
 
+def _run_key(freeze: str, backbone_params: BackboneParams, params: FinetuneParams,
+             head_path: Path, prepared_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: params, head and dataset."""
+    digest = hashlib.sha256(json.dumps(
+        [freeze, asdict(backbone_params), asdict(params)], sort_keys=True).encode())
+    digest.update(head_path.read_bytes())
+    digest.update((prepared_dir / MANIFEST_NAME).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _loader(prepared_dir: Path, split: str, transform, batch_size: int,
-            seed: int | None) -> DataLoader:
+            generator: torch.Generator | None) -> DataLoader:
+    """Shuffled with `generator` (train), or in manifest order without one (val)."""
     table = read_manifest(prepared_dir, split)
     dataset = ImageDataset(table["file"], table["label_index"].tolist(), transform)
-    if seed is None:
+    if generator is None:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    generator = torch.Generator().manual_seed(seed)
     # drop_last avoids a 1-image batch, which BatchNorm cannot train on.
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       drop_last=len(dataset) > batch_size)
@@ -115,6 +131,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="per-epoch training state, for resuming after a crash")
     args = parser.parse_args()
 
     def body() -> None:
@@ -122,7 +140,8 @@ def main() -> None:
         finetune_full(prepared_dir=args.prepared_dir, head_path=args.head,
                       model_path=args.model, metrics_path=args.metrics,
                       history_path=args.history, freeze=params.freeze,
-                      backbone_params=params.backbone, params=params.finetune_full)
+                      backbone_params=params.backbone, params=params.finetune_full,
+                      checkpoint_dir=args.checkpoint_dir)
 
     stage.run("finetune_full", body)
 
