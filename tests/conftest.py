@@ -40,3 +40,26 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
                metrics_path=root / "train_head.json", sweep_path=root / "sweep.csv",
                c_grid=[0.1, 1.0], max_iter=500)
     return paths
+
+
+@pytest.fixture(scope="session")
+def trained(probed: dict[str, Path]) -> dict[str, Path]:
+    """probed + finetune_full (freeze=all) + evaluate: a model and its test predictions."""
+    from imgpipe.params import BackboneParams, FinetuneParams
+    from stages.evaluate import evaluate
+    from stages.finetune_full import finetune_full
+
+    root = probed["root"]
+    paths = {**probed, "model": root / "models" / "model.pt",
+             "predictions": root / "test_predictions.csv", "metrics": root / "evaluate.json",
+             "sweep": root / "sweep.csv", "history": root / "history.csv",
+             "confusion": root / "confusion.png"}
+    finetune_full(prepared_dir=paths["prepared"], head_path=paths["head"],
+                  model_path=paths["model"], metrics_path=root / "finetune.json",
+                  history_path=paths["history"], freeze="all",
+                  backbone_params=BackboneParams("efficientnet_lite0", True, None),
+                  params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, "frozen", 0))
+    evaluate(prepared_dir=paths["prepared"], model_path=paths["model"],
+             metrics_path=paths["metrics"], predictions_path=paths["predictions"],
+             confusion_png=paths["confusion"], batch_size=4)
+    return paths

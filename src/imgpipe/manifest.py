@@ -5,6 +5,7 @@ Layout of the prepared folder (the `prepare` stage's output):
     images/<image_id>.jpg   RGB squares, named by the content id of the source file
     manifest.csv            one row per image: image_id, file, source, label, label_index, split
     classes.json            class names, index i is label_index i
+    preprocess.json         how raw images were turned into these: {"image_size": N}
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from imgpipe.io import read_json
 
 MANIFEST_NAME = "manifest.csv"
 CLASSES_NAME = "classes.json"
+PREPROCESS_NAME = "preprocess.json"
 IMAGES_DIR = "images"
 MANIFEST_COLUMNS = ("image_id", "file", "source", "label", "label_index", "split")
 
@@ -36,3 +38,8 @@ def read_manifest(prepared_dir: Path, split: str | None = None) -> pd.DataFrame:
 
 def read_classes(prepared_dir: Path) -> list[str]:
     return list(read_json(prepared_dir / CLASSES_NAME))
+
+
+def read_preprocess(prepared_dir: Path) -> dict:
+    """What prediction on raw images must repeat: {"image_size": N}."""
+    return dict(read_json(prepared_dir / PREPROCESS_NAME))

@@ -29,7 +29,7 @@ from imgpipe.errors import DataError
 from imgpipe.finetune import Progress, evaluate_epoch, fit, parameter_counts, set_trainable
 from imgpipe.head import load_head
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import MANIFEST_NAME, read_manifest
+from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
 from imgpipe.params import BackboneParams, FinetuneParams, load_params
 from imgpipe.transforms import eval_transform, train_transform
@@ -89,7 +89,8 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
     best_state, best, history = progress.best_state, progress.best, progress.history
     model.load_state_dict(best_state)
     save_model(model_path, model, classes=classes, info=info,
-               extra={"freeze": freeze, "best_epoch": best["epoch"]})
+               extra={"freeze": freeze, "best_epoch": best["epoch"],
+                      "preprocess": read_preprocess(prepared_dir)})
     with atomic_path(history_path) as temporary:
         pd.DataFrame(history).to_csv(temporary, index=False)
     metrics = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],

@@ -21,7 +21,13 @@ from imgpipe import stage
 from imgpipe.errors import DataError
 from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import CLASSES_NAME, IMAGES_DIR, MANIFEST_COLUMNS, MANIFEST_NAME
+from imgpipe.manifest import (
+    CLASSES_NAME,
+    IMAGES_DIR,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    PREPROCESS_NAME,
+)
 from imgpipe.params import load_params
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
@@ -60,6 +66,7 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         table = table.sort_values(["split", "label_index", "image_id"], ignore_index=True)
         table[list(MANIFEST_COLUMNS)].to_csv(staging / MANIFEST_NAME, index=False)
         write_json(staging / CLASSES_NAME, classes)
+        write_json(staging / PREPROCESS_NAME, {"image_size": image_size})
     metrics = _counts(table, classes, skipped)
     _write_report(report_path, skipped)
     write_json(metrics_path, metrics)
