@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,64 +17,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
+from dvc_project import (
+    STAGES,
+    dvc,
+    dvc_env,
+    make_project,
+    run,
+    stages_restored,
+    stages_run,
+)
 
 pytestmark = pytest.mark.slow
-STAGES = ("prepare", "extract", "train_head", "finetune_full", "evaluate")
-_COPIED = ("dvc.yaml", "params.yaml", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore")
-
-
-def _env(project: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-               DVC_NO_ANALYTICS="1")
-    return env
-
-
-def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=project, env=_env(project), capture_output=True,
-                            text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", output))
-
-
-def stages_restored(output: str) -> set[str]:
-    return set(re.findall(r"Stage '(\w+)' is cached - skipping run", output))
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Path:
-    """A git + DVC copy of the repository whose params point at a tiny dataset."""
-    project = tmp_path_factory.mktemp("project")
-    for name in _COPIED:
-        source, target = REPO_ROOT / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    shutil.copytree(digits_dir, project / "data" / "tiny")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["source"] = "data/tiny"
-    params["train_head"]["c_grid"] = [0.1, 1.0]
-    params["finetune_full"].update(epochs=1, batch_size=8, trainable_blocks=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(project, "git", "init", "-q")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-q", "-m", "tiny project")
-    return project
+    return make_project(tmp_path_factory.mktemp("project"), digits_dir)
 
 
 def test_first_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
@@ -144,7 +100,7 @@ def _set_params(project: Path, **sections: dict) -> None:
 def _kill_when(project: Path, pattern: str, *args: str) -> None:
     """Start `dvc ...`, SIGKILL its whole process group once `pattern` matches a file."""
     process = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project,
-                               env=_env(project), stdout=subprocess.DEVNULL,
+                               env=dvc_env(project), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(6000):  # 10 minutes at most
@@ -196,3 +152,16 @@ def test_forced_rerun_of_everything_reproduces_every_output(project: Path) -> No
     dvc(project, "repro", "-f")
     assert _lock_hashes(project) == before
     assert (project / "metrics" / "train_head.json").read_text() == metrics_before
+
+
+def test_temp_experiment_runs_land_in_the_workspace_mlflow_store(project: Path) -> None:
+    import mlflow
+
+    dvc(project, "exp", "run", "--temp", "-n", "temp-run", "-S", "train_head.max_iter=777")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("imgpipe").experiment_id],
+        filter_string="tags.dvc_exp_name = 'temp-run'")
+    assert len(runs) == 1
+    assert runs[0].data.params["train_head.max_iter"] == "777"
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))

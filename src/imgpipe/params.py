@@ -112,6 +112,8 @@ class EvaluateParams:
 @dataclasses.dataclass(frozen=True)
 class TrackingParams:
     experiment: str  # MLflow experiment name
+    register_model: str | None = None  # registered model name; None: do not register
+    required: bool = False  # True: a tracking failure fails the stage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,43 +1,119 @@
-"""Recording a pipeline run in MLflow, without ever failing the pipeline for it."""
+"""Recording a pipeline run in MLflow.
+
+A run holds every param, the test metrics, the training curves as step metrics (read
+from the stages' history files, so they are there even when DVC restored those stages
+from its cache), the plots and class map, the `dvc.lock` in force, tags, and the model
+as a pyfunc. Tracking failures warn and leave the DVC outputs alone, unless
+`tracking.required` is true.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgpipe import pyfunc
+from imgpipe.errors import PipelineError
+
 _logger = logging.getLogger(__name__)
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the repository root
 _UNSAFE = re.compile(r"[^\w\-. /]")  # characters MLflow refuses in metric and param names
+_PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 
 
-def log_run(*, experiment: str, params: dict[str, Any], metrics: dict[str, float],
-            artifacts: list[Path], tags: dict[str, str]) -> str | None:
-    """Log one MLflow run; returns its id, or None (with a warning) if MLflow failed.
+@dataclass
+class RunRecord:
+    """Everything one MLflow run receives."""
 
-    `MLFLOW_TRACKING_URI` is honoured; unset, runs go to `sqlite:///mlflow.db`.
+    experiment: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    curves: dict[str, list[tuple[int, float]]]  # name -> [(step, value)]
+    artifacts: list[Path]
+    tags: dict[str, str]
+    model_file: Path | None = None
+    classes: list[str] = field(default_factory=list)
+    example_image: bytes | None = None
+    register_as: str | None = None
+
+
+def default_tracking_uri() -> str:
+    """`sqlite:///mlflow.db` in the repository root.
+
+    DVC sets DVC_ROOT to the user's repository also for `dvc exp run --temp` and
+    `--queue`, which run in a temporary copy: their runs land in the same store.
     """
-    try:
-        import mlflow
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
 
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run() as run:
-            mlflow.log_params({_safe(k): _param_value(v) for k, v in params.items()})
-            mlflow.log_metrics({_safe(k): float(v) for k, v in metrics.items()})
-            mlflow.set_tags({**_default_tags(), **tags})
-            for path in artifacts:
-                mlflow.log_artifact(str(path))
-        _logger.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
-        return run.info.run_id
+
+def log_run(record: RunRecord, required: bool = False) -> str | None:
+    """Log `record` as one MLflow run; its id, or None after a warning.
+
+    Raises:
+        PipelineError: MLflow failed and `required` is true.
+    """
+    # A dead server must not hold the pipeline for minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    try:
+        return _log(record)
     except Exception as error:  # tracking is a record of the run, not part of its result
-        _logger.warning("MLflow run not recorded (%s: %s); the DVC outputs are complete",
-                        type(error).__name__, error)
+        message = f"MLflow run not recorded ({type(error).__name__}: {error})"
+        if required:
+            raise PipelineError(f"{message}; tracking.required is true: start the tracking "
+                                "server or set tracking.required: false") from error
+        _logger.warning("%s; the DVC outputs are complete", message)
         return None
+
+
+def _log(record: RunRecord) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri())
+    mlflow.set_experiment(record.experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_params({_safe(k): _param_value(v) for k, v in record.params.items()})
+        mlflow.log_metrics({_safe(k): float(v) for k, v in record.metrics.items()})
+        for name, points in record.curves.items():
+            for step, value in points:
+                if math.isfinite(value):
+                    mlflow.log_metric(_safe(name), value, step=step)
+        mlflow.set_tags({**_default_tags(), **record.tags})
+        for path in record.artifacts:
+            if path.exists():
+                mlflow.log_artifact(str(path))
+        if record.model_file is not None:
+            _log_model(record)
+    _logger.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
+    return run.info.run_id
+
+
+def _log_model(record: RunRecord) -> None:
+    import mlflow
+    import pandas as pd
+    import torch
+    import torchvision
+
+    example = None if record.example_image is None else pd.DataFrame(
+        {"path": [None], "image": [record.example_image]})
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=pyfunc.__file__,  # models-from-code: nothing pickled
+        artifacts={pyfunc.MODEL_ARTIFACT: str(record.model_file)},
+        code_paths=[str(Path(__file__).parent)],
+        signature=pyfunc.signature(record.classes),
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}",
+                          "pillow", "numpy", "pandas"],
+        registered_model_name=record.register_as,
+    )
 
 
 def _safe(name: str) -> str:
@@ -45,7 +121,7 @@ def _safe(name: str) -> str:
 
 
 def _param_value(value: Any) -> str:
-    return "null" if value is None else str(value)
+    return ("null" if value is None else str(value))[:_PARAM_VALUE_LIMIT]
 
 
 def _default_tags() -> dict[str, str]:
