@@ -53,13 +53,13 @@ def trained(probed: dict[str, Path]) -> dict[str, Path]:
     paths = {**probed, "model": root / "models" / "model.pt",
              "predictions": root / "test_predictions.csv", "metrics": root / "evaluate.json",
              "sweep": root / "sweep.csv", "history": root / "history.csv",
-             "confusion": root / "confusion.png"}
+             "confusion": root / "confusion.png", "grid": root / "grid.png"}
     finetune_full(prepared_dir=paths["prepared"], head_path=paths["head"],
                   model_path=paths["model"], metrics_path=root / "finetune.json",
                   history_path=paths["history"], freeze="all",
                   backbone_params=BackboneParams("efficientnet_lite0", True, None),
-                  params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, "frozen", 0))
+                  params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
     evaluate(prepared_dir=paths["prepared"], model_path=paths["model"],
              metrics_path=paths["metrics"], predictions_path=paths["predictions"],
-             confusion_png=paths["confusion"], batch_size=4)
+             confusion_png=paths["confusion"], grid_png=paths["grid"], batch_size=4)
     return paths

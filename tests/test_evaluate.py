@@ -33,3 +33,10 @@ def test_evaluate_agrees_with_the_head_on_cached_test_features(trained) -> None:
     metrics = json.loads(trained["metrics"].read_text())
     assert metrics["accuracy"] == (predictions["predicted"] == predictions["actual"]).mean()
     assert trained["confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prediction_grid_is_written(trained) -> None:
+    from PIL import Image
+
+    with Image.open(trained["grid"]) as grid:
+        assert grid.format == "PNG" and grid.width > 200

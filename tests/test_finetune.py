@@ -62,8 +62,7 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
 def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
                  checkpoint_dir: Path | None = None, **overrides) -> dict:
     params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
-                                      weight_decay=0.0, crop_scale_min=0.8, hflip=False,
-                                      bn_stats="frozen", seed=0), **overrides})
+                                      weight_decay=0.0, head_lr_mult=1.0), **overrides})
     tmp_path.mkdir(parents=True, exist_ok=True)
     return finetune_full(checkpoint_dir=checkpoint_dir, prepared_dir=probed["prepared"],
                          head_path=probed["head"],
@@ -109,7 +108,7 @@ def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None
         finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
                       model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
                       history_path=tmp_path / "h.csv", freeze="all", backbone_params=other,
-                      params=FinetuneParams(1, 1, 8, 1e-4, 0.0, 0.8, False, "frozen", 0))
+                      params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
 
 
 def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
@@ -160,3 +159,76 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
     resumed = load_model(tmp_path / "resumed" / "model.pt")[0].state_dict()
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
     assert not checkpoints.exists()  # removed once the stage succeeded
+
+
+def test_trainable_patterns_choose_parameters_by_name() -> None:
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    model = ImageClassifier(backbone.trunk, nn.Linear(backbone.feature_dim, 3))
+    frozen = set_trainable(model, backbone, "partial", 1, [r"_blocks\.1[45]\.", "_conv_head"])
+    names = trainable_names(model)
+    assert names and all(n.startswith(("trunk._blocks.14.", "trunk._blocks.15.",
+                                       "trunk._conv_head.", "head.")) for n in names)
+    assert any(n.startswith("trunk._blocks.14.") for n in names)
+    assert model.trunk._blocks[13]._bn1 in frozen and model.trunk._blocks[15]._bn1 not in frozen
+
+
+def test_patterns_matching_nothing_are_refused() -> None:
+    from imgpipe.errors import ParamsError
+
+    backbone = build_backbone("resnet18", pretrained=False)
+    model = ImageClassifier(backbone.trunk, nn.Linear(backbone.feature_dim, 3))
+    with pytest.raises(ParamsError, match="match no backbone parameter; names look like"):
+        set_trainable(model, backbone, "partial", 1, ["_blocks"])
+
+
+def test_label_smoothing_penalises_confident_correct_predictions() -> None:
+    model = ImageClassifier(nn.Flatten(), nn.Linear(3, 3))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.eye(3) * 20)  # confident and right on one-hot inputs
+        model.head.bias.zero_()
+    loader = DataLoader(TensorDataset(torch.eye(3), torch.arange(3)), batch_size=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    plain = train_epoch(model, [], loader, optimizer, "t").loss
+    smoothed = train_epoch(model, [], loader, optimizer, "t", label_smoothing=0.3).loss
+    assert plain < 1e-6 < smoothed
+
+
+def test_patience_stops_training_early(probed, tmp_path: Path) -> None:
+    run_finetune(probed, tmp_path, "none", lr=5.0, epochs=5, patience=1)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [0, 1]  # epoch 1 was worse: stop before epoch 2
+
+
+def test_head_init_xavier_zeros_and_imagenet_rows() -> None:
+    from imgpipe.head import init_head
+
+    lite0 = build_backbone("efficientnet_lite0")
+    head = nn.Linear(1280, 3)
+    init_head(head, "zeros", ["a", "b", "c"], {}, None, lite0.imagenet_head)
+    assert not head.weight.any() and not head.bias.any()
+    init_head(head, "xavier", ["a", "b", "c"], {}, None, lite0.imagenet_head)
+    assert head.weight.std() > 0 and not head.bias.any()
+    init_head(head, "zeros", ["hot_dog", "not_hot_dog", "c"], {"hot_dog": 934},
+              "not_hot_dog", lite0.imagenet_head)
+    assert torch.equal(head.weight[0], lite0.imagenet_head.weight[934])
+    assert torch.equal(head.weight[1], -lite0.imagenet_head.weight[934])
+    assert not head.weight[2].any()
+
+
+def test_imagenet_rows_need_a_pretrained_classifier_and_known_classes() -> None:
+    from imgpipe.errors import ParamsError
+    from imgpipe.head import init_head
+
+    lite0 = build_backbone("efficientnet_lite0")
+    with pytest.raises(ParamsError, match="'dog' is not a class"):
+        init_head(nn.Linear(1280, 2), "probe", ["a", "b"], {"dog": 1}, None,
+                  lite0.imagenet_head)
+    with pytest.raises(ParamsError, match="needs the pretrained ImageNet classifier"):
+        init_head(nn.Linear(1280, 2), "probe", ["a", "b"], {"a": 1}, None, None)
+
+
+def test_freeze_all_with_a_fresh_head_is_refused(probed, tmp_path: Path) -> None:
+    from imgpipe.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="head_init: 'xavier' with freeze=all"):
+        run_finetune(probed, tmp_path, "all", head_init="xavier")

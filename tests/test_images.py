@@ -52,3 +52,19 @@ def _saved_jpeg(image: Image.Image, exif: Image.Exif):
     image.save(buffer, format="JPEG", exif=exif)
     buffer.seek(0)
     return buffer
+
+
+def test_train_augmentations_are_random_and_eval_is_not() -> None:
+    import torch
+
+    from imgpipe.transforms import eval_transform, train_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    augment = train_transform(32, [0.5] * 3, [0.5] * 3, crop_scale_min=0.5, hflip=True,
+                              rotation=30.0, color_jitter=0.5, grayscale=1.0)
+    torch.manual_seed(0)
+    first, second = augment(image), augment(image)
+    assert first.shape == (3, 32, 32) and not torch.equal(first, second)
+    assert torch.equal(first[0], first[1]) and torch.equal(first[1], first[2])  # grayscale
+    evaluate = eval_transform(32, [0.5] * 3, [0.5] * 3)
+    assert torch.equal(evaluate(image), evaluate(image))

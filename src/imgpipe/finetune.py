@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgpipe.backbones import Backbone
+from imgpipe.errors import ParamsError
 from imgpipe.io import save_torch
 from imgpipe.model import ImageClassifier
 
@@ -26,21 +28,25 @@ class EpochResult:
 
 
 def set_trainable(model: ImageClassifier, backbone: Backbone, freeze: str,
-                  trainable_blocks: int) -> list[nn.Module]:
+                  trainable_blocks: int, patterns: list[str] | None = None) -> list[nn.Module]:
     """Freeze per `freeze` and return the frozen modules (kept in eval mode when training).
 
-    all: only the head trains (callers skip training altogether); partial: the last
-    `trainable_blocks` backbone blocks and the head; none: everything.
+    all: only the head trains (callers skip training altogether); partial: the head and
+    the trunk parameters whose names match `patterns` (regexes, searched), or without
+    patterns the last `trainable_blocks` blocks; none: everything.
+
+    Raises:
+        ParamsError: no trunk parameter matches `patterns`.
     """
     model.requires_grad_(True)
     if freeze == "none":
         _logger.info("training every parameter of the backbone and the head")
         return []
-    frozen_blocks = backbone.blocks if freeze == "all" else backbone.blocks[:-trainable_blocks]
-    frozen = [module for _, modules in frozen_blocks for module in modules]
-    # Parameters outside any listed block (e.g. a ViT's class token) freeze with the trunk
-    # unless everything trains.
+    # Parameters outside any listed block (e.g. a ViT's class token) freeze with the trunk.
     model.trunk.requires_grad_(False)
+    if freeze == "partial" and patterns:
+        return _train_matching(model, patterns)
+    frozen_blocks = backbone.blocks if freeze == "all" else backbone.blocks[:-trainable_blocks]
     trainable_names = [name for name, _ in backbone.blocks[len(frozen_blocks):]]
     for _, modules in backbone.blocks[len(frozen_blocks):]:
         for module in modules:
@@ -48,7 +54,23 @@ def set_trainable(model: ImageClassifier, backbone: Backbone, freeze: str,
     if freeze == "partial":
         _logger.info("training the head and %d of %d backbone blocks (%s)",
                      len(trainable_names), len(backbone.blocks), ", ".join(trainable_names))
-    return frozen
+    return [module for _, modules in frozen_blocks for module in modules]
+
+
+def _train_matching(model: ImageClassifier, patterns: list[str]) -> list[nn.Module]:
+    names = [name for name, _ in model.trunk.named_parameters()]
+    matched = [name for name in names if any(re.search(p, name) for p in patterns)]
+    if not matched:
+        raise ParamsError(f"finetune_full.trainable_patterns: {patterns!r} match no backbone "
+                          f"parameter; names look like {', '.join(names[-3:])}")
+    for name, parameter in model.trunk.named_parameters():
+        parameter.requires_grad_(name in matched)
+    _logger.info("training the head and %d backbone tensors matching %s", len(matched),
+                 patterns)
+    # Modules holding only frozen parameters stay in eval mode (BatchNorm statistics fixed).
+    return [module for module in model.trunk.modules()
+            if any(True for _ in module.parameters(recurse=False))
+            and not any(p.requires_grad for p in module.parameters(recurse=False))]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -58,8 +80,9 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def train_epoch(model: ImageClassifier, frozen: list[nn.Module], loader: DataLoader,
-                optimizer: torch.optim.Optimizer, desc: str,
-                bn_stats: str = "update") -> EpochResult:
+                optimizer: torch.optim.Optimizer, desc: str, bn_stats: str = "update",
+                schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                label_smoothing: float = 0.0) -> EpochResult:
     """One pass over `loader`.
 
     Frozen modules stay in eval mode, so their BatchNorm statistics never move. With
@@ -77,10 +100,12 @@ def train_epoch(model: ImageClassifier, frozen: list[nn.Module], loader: DataLoa
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2.0):
         logits = model(images)
-        loss = nn.functional.cross_entropy(logits, labels)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()  # per step: warmup and decay are in steps
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -111,19 +136,24 @@ class Progress:
 def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLoader,
         val_loader: DataLoader, optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-        epochs: int, bn_stats: str, progress: Progress, checkpoint: Path | None) -> Progress:
+        epochs: int, bn_stats: str, progress: Progress, checkpoint: Path | None,
+        label_smoothing: float = 0.0, patience: int = 0) -> Progress:
     """Train up to `epochs`, keeping the best-on-val weights (higher accuracy, then loss).
 
-    After every epoch the whole training state (weights, optimizer, schedule, random
+    Stops early after `patience` epochs without a better val score (0: never). After
+    every epoch the whole training state (weights, optimizer, schedule, random
     generators, history) is written to `checkpoint`; a run that finds one resumes after
     its epoch and ends with the same result as a run never interrupted.
     """
     if checkpoint is not None and checkpoint.is_file():
         progress = _resume(checkpoint, model, optimizer, schedule, generator)
     for epoch in range(len(progress.history), epochs + 1):
+        if patience and epoch - progress.best["epoch"] > patience:
+            _logger.info("early stop: no better val score for %d epochs", patience)
+            break
         trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}",
-                              bn_stats=bn_stats)
-        schedule.step()
+                              bn_stats=bn_stats, schedule=schedule,
+                              label_smoothing=label_smoothing)
         val = evaluate_epoch(model, val_loader)
         progress.history.append({"epoch": epoch, "train_loss": trained.loss,
                                  "train_accuracy": trained.accuracy, "val_loss": val.loss,

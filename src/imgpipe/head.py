@@ -21,7 +21,7 @@ from sklearn.metrics import log_loss
 from torch import nn
 
 from imgpipe.backbone_info import BackboneInfo
-from imgpipe.errors import DataError
+from imgpipe.errors import DataError, ParamsError
 from imgpipe.features import FeatureSet
 from imgpipe.io import save_torch
 
@@ -125,3 +125,38 @@ def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
         head.weight.copy_(weight)
         head.bias.copy_(payload["bias"])
     return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])
+
+
+def init_head(head: nn.Linear, mode: str, classes: list[str], imagenet_rows: dict[str, int],
+              negative_class: str | None, imagenet_head: nn.Linear | None) -> None:
+    """Re-initialise the head in place: keep the probe, Xavier or zeros, then ImageNet rows.
+
+    `imagenet_rows` maps a class to an ImageNet class whose pretrained classifier row
+    (weights and bias) it starts from; `negative_class` starts as minus their mean.
+    """
+    with torch.no_grad():
+        if mode == "xavier":
+            nn.init.xavier_uniform_(head.weight)
+            head.bias.zero_()
+        elif mode == "zeros":
+            head.weight.zero_()
+            head.bias.zero_()
+        if not imagenet_rows and negative_class is None:
+            return
+        if imagenet_head is None:
+            raise ParamsError("finetune_full.imagenet_rows needs the pretrained ImageNet "
+                              "classifier: set backbone.pretrained: true and backbone.weights: "
+                              "null, or imagenet_rows: {}")
+        for name in [*imagenet_rows, *([negative_class] if negative_class else [])]:
+            if name not in classes:
+                raise ParamsError(f"finetune_full.imagenet_rows / negative_class: {name!r} is "
+                                  f"not a class; classes are {', '.join(classes)}")
+        for name, index in imagenet_rows.items():
+            head.weight[classes.index(name)] = imagenet_head.weight[index]
+            head.bias[classes.index(name)] = imagenet_head.bias[index]
+        if negative_class is not None:
+            if not imagenet_rows:
+                raise ParamsError("finetune_full.negative_class needs imagenet_rows to negate")
+            rows = list(imagenet_rows.values())
+            head.weight[classes.index(negative_class)] = -imagenet_head.weight[rows].mean(0)
+            head.bias[classes.index(negative_class)] = -imagenet_head.bias[rows].mean()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -82,23 +83,63 @@ class TrainHeadParams:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneParams:
-    trainable_blocks: int  # with freeze=partial: trailing backbone blocks trained
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    crop_scale_min: float  # RandomResizedCrop keeps at least this area fraction
-    hflip: bool
-    bn_stats: Literal["frozen", "update"]  # BatchNorm running statistics while training
-    seed: int
+    trainable_blocks: int = 3  # freeze=partial: trailing backbone blocks trained
+    trainable_patterns: list[str] = dataclasses.field(default_factory=list)  # name regexes
+    epochs: int = 4
+    batch_size: int = 16
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-4  # backbone learning rate (peak, after warmup)
+    head_lr_mult: float = 10.0  # head lr = lr * head_lr_mult (discriminative lrs)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: int = 2  # schedule=step: epochs between decays
+    step_gamma: float = 0.1  # schedule=step: lr factor at each decay
+    warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (fractions allowed)
+    label_smoothing: float = 0.0
+    patience: int = 0  # early stopping: epochs without val improvement; 0 = off
+    head_init: Literal["probe", "xavier", "zeros"] = "probe"
+    imagenet_rows: dict[str, int] = dataclasses.field(default_factory=dict)  # class -> index
+    negative_class: str | None = None  # its row = minus the mean of the imagenet_rows
+    bn_stats: Literal["frozen", "update"] = "frozen"  # BatchNorm running stats in training
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check_range("finetune_full.trainable_blocks", self.trainable_blocks, 1, 1000)
         _check_range("finetune_full.epochs", self.epochs, 1, 10_000)
         _check_range("finetune_full.batch_size", self.batch_size, 2, 4096)
         _check_range("finetune_full.lr", self.lr, 0.0, 10.0, closed=False)
+        _check_range("finetune_full.head_lr_mult", self.head_lr_mult, 0.0, 1000.0)
+        _check_range("finetune_full.momentum", self.momentum, 0.0, 1.0)
         _check_range("finetune_full.weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("finetune_full.crop_scale_min", self.crop_scale_min, 0.05, 1.0)
+        _check_range("finetune_full.step_epochs", self.step_epochs, 1, 10_000)
+        _check_range("finetune_full.step_gamma", self.step_gamma, 0.0, 1.0)
+        _check_range("finetune_full.warmup_epochs", self.warmup_epochs, 0.0, self.epochs)
+        _check_range("finetune_full.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check_range("finetune_full.patience", self.patience, 0, 10_000)
+        for index in self.imagenet_rows.values():
+            _check_range("finetune_full.imagenet_rows", index, 0, 999)
+        for pattern in self.trainable_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ParamsError(f"finetune_full.trainable_patterns: {pattern!r} is not a "
+                                  f"regular expression ({error})") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    crop_scale_min: float = 0.8  # RandomResizedCrop keeps at least this area fraction
+    hflip: bool = False
+    rotation: float = 0.0  # degrees, random in [-rotation, rotation]
+    color_jitter: float = 0.0  # brightness, contrast and saturation strength
+    grayscale: float = 0.0  # probability of a grayscale copy
+
+    def __post_init__(self) -> None:
+        _check_range("augment.crop_scale_min", self.crop_scale_min, 0.05, 1.0)
+        _check_range("augment.rotation", self.rotation, 0.0, 180.0)
+        _check_range("augment.color_jitter", self.color_jitter, 0.0, 1.0)
+        _check_range("augment.grayscale", self.grayscale, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +166,7 @@ class Params:
     extract: ExtractParams
     train_head: TrainHeadParams
     finetune_full: FinetuneParams
+    augment: AugmentParams
     evaluate: EvaluateParams
     tracking: TrackingParams
 
@@ -175,7 +217,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, field in fields.items():
         key = f"{prefix}{name}"
         if name not in raw:
-            if field.default is not dataclasses.MISSING:
+            if (field.default is not dataclasses.MISSING
+                    or field.default_factory is not dataclasses.MISSING):
                 continue
             raise ParamsError(f"{key}: missing; add it to params.yaml (see the README)")
         values[name] = _coerce(key, raw[name], hints[name])
@@ -197,6 +240,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(hint)
+        return {_coerce(f"{key} key", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"{key}: expected a list, got {value!r}")

@@ -20,7 +20,7 @@ from imgpipe import stage
 from imgpipe.data import forward_all
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, read_classes, read_manifest
-from imgpipe.metrics import classification_metrics, plot_confusion
+from imgpipe.metrics import classification_metrics, plot_confusion, plot_prediction_grid
 from imgpipe.model import load_model
 from imgpipe.params import TrackingParams, flatten, load_params
 from imgpipe.tracking import RunRecord, log_run
@@ -30,7 +30,8 @@ _logger = logging.getLogger(__name__)
 
 
 def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
-             predictions_path: Path, confusion_png: Path, batch_size: int) -> dict:
+             predictions_path: Path, confusion_png: Path, batch_size: int,
+             grid_png: Path | None = None) -> dict:
     """Score the final model on the test split; returns the metrics written."""
     model, classes, info, _ = load_model(model_path)
     table = read_manifest(prepared_dir, "test")
@@ -47,6 +48,9 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     with atomic_path(predictions_path) as temporary:
         predictions.to_csv(temporary, index=False)
     plot_confusion(confusion_png, y_true, y_pred, classes)
+    if grid_png is not None:
+        plot_prediction_grid(grid_png, list(table["file"]), list(predictions["actual"]),
+                             list(predictions["predicted"]))
     write_json(metrics_path, metrics)
     _logger.info("test accuracy %.4f, macro-F1 %.4f on %d images", metrics["accuracy"],
                  metrics["macro_f1"], metrics["images"])
@@ -100,18 +104,19 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--confusion-png", type=Path, required=True)
+    parser.add_argument("--grid-png", type=Path, required=True)
     args = parser.parse_args()
 
     def body() -> None:
         params = load_params()
         metrics = evaluate(prepared_dir=args.prepared_dir, model_path=args.model,
                            metrics_path=args.metrics, predictions_path=args.predictions,
-                           confusion_png=args.confusion_png,
+                           confusion_png=args.confusion_png, grid_png=args.grid_png,
                            batch_size=params.evaluate.batch_size)
         track(prepared_dir=args.prepared_dir, model_path=args.model, metrics=metrics,
               params_path=Path("params.yaml"), sweep_path=args.sweep,
               history_path=args.history,
-              artifacts=[args.metrics, args.predictions, args.confusion_png],
+              artifacts=[args.metrics, args.predictions, args.confusion_png, args.grid_png],
               tracking=params.tracking,
               tags={"backbone": params.backbone.name, "freeze": params.freeze})
 

@@ -1,6 +1,6 @@
 """Stage finetune_full: linear probe, then (optionally) fine-tune end to end.
 
-Reads `freeze`, `backbone.*` and `finetune_full.*`. Starts from the train_head head on
+Reads `freeze`, `backbone.*`, `finetune_full.*` and `augment.*`. Starts from the train_head head on
 the frozen pretrained backbone. freeze=all keeps that model as it is; partial trains the
 last blocks and the head; none trains everything. Keeps the best-on-val epoch (epoch 0 is
 the starting model), and writes the model file, its metrics and the per-epoch history.
@@ -25,13 +25,14 @@ from imgpipe import stage
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone
 from imgpipe.data import ImageDataset
-from imgpipe.errors import DataError
+from imgpipe.errors import DataError, ParamsError
 from imgpipe.finetune import Progress, evaluate_epoch, fit, parameter_counts, set_trainable
-from imgpipe.head import load_head
+from imgpipe.head import init_head, load_head
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
-from imgpipe.params import BackboneParams, FinetuneParams, load_params
+from imgpipe.optim import make_optimizer, make_schedule
+from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams, load_params
 from imgpipe.transforms import eval_transform, train_transform
 
 _logger = logging.getLogger(__name__)
@@ -39,12 +40,14 @@ _logger = logging.getLogger(__name__)
 
 def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metrics_path: Path,
                   history_path: Path, freeze: str, backbone_params: BackboneParams,
-                  params: FinetuneParams, checkpoint_dir: Path | None = None) -> dict:
+                  params: FinetuneParams, augment: AugmentParams | None = None,
+                  checkpoint_dir: Path | None = None) -> dict:
     """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model.
 
     With `checkpoint_dir`, training state is saved there after every epoch and an
     interrupted run with the same params, head and data resumes from it.
     """
+    augment = augment or AugmentParams()
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     backbone = build_backbone(backbone_params.name, backbone_params.pretrained,
@@ -55,8 +58,14 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
         raise DataError(f"{head_path} was fitted on features of {head_info.name} "
                         f"(pretrained={head_info.pretrained}) but backbone is {info.name} "
                         f"(pretrained={info.pretrained}): run `dvc repro` to refit it")
+    if freeze == "all" and params.head_init != "probe":
+        raise ParamsError(f"finetune_full.head_init: {params.head_init!r} with freeze=all would "
+                          "leave an untrained head; use head_init: probe, or freeze partial/none")
+    init_head(head, params.head_init, classes, params.imagenet_rows, params.negative_class,
+              backbone.imagenet_head)
     model = ImageClassifier(backbone.trunk, head)
-    frozen = set_trainable(model, backbone, freeze, params.trainable_blocks)
+    frozen = set_trainable(model, backbone, freeze, params.trainable_blocks,
+                           params.trainable_patterns)
     counts = parameter_counts(model)
     _logger.info("parameters: %d total, %d trainable, %d frozen", counts["total"],
                  counts["trainable"], counts["frozen"])
@@ -74,18 +83,17 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
     else:
         generator = torch.Generator().manual_seed(params.seed)
         train_loader = _loader(prepared_dir, "train", train_transform(
-            backbone.input_size, backbone.mean, backbone.std,
-            crop_scale_min=params.crop_scale_min, hflip=params.hflip),
+            backbone.input_size, backbone.mean, backbone.std, **asdict(augment)),
             params.batch_size, generator=generator)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                      lr=params.lr, weight_decay=params.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-        checkpoint = None if checkpoint_dir is None else checkpoint_dir / (
-            f"finetune-{_run_key(freeze, backbone_params, params, head_path, prepared_dir)}.pt")
+        optimizer = make_optimizer(model, params)
+        schedule = make_schedule(optimizer, params, steps_per_epoch=len(train_loader))
+        key = _run_key(freeze, backbone_params, params, augment, head_path, prepared_dir)
+        checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"finetune-{key}.pt"
         progress = fit(model, frozen, train_loader=train_loader, val_loader=val_loader,
                        optimizer=optimizer, schedule=schedule, generator=generator,
                        epochs=params.epochs, bn_stats=params.bn_stats, progress=progress,
-                       checkpoint=checkpoint)
+                       checkpoint=checkpoint, label_smoothing=params.label_smoothing,
+                       patience=params.patience)
     best_state, best, history = progress.best_state, progress.best, progress.history
     model.load_state_dict(best_state)
     save_model(model_path, model, classes=classes, info=info,
@@ -104,10 +112,11 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
 
 
 def _run_key(freeze: str, backbone_params: BackboneParams, params: FinetuneParams,
-             head_path: Path, prepared_dir: Path) -> str:
+             augment: AugmentParams, head_path: Path, prepared_dir: Path) -> str:
     """What a checkpoint must match to be resumed: params, head and dataset."""
     digest = hashlib.sha256(json.dumps(
-        [freeze, asdict(backbone_params), asdict(params)], sort_keys=True).encode())
+        [freeze, asdict(backbone_params), asdict(params), asdict(augment)],
+        sort_keys=True).encode())
     digest.update(head_path.read_bytes())
     digest.update((prepared_dir / MANIFEST_NAME).read_bytes())
     return digest.hexdigest()[:16]
@@ -142,7 +151,7 @@ def main() -> None:
                       model_path=args.model, metrics_path=args.metrics,
                       history_path=args.history, freeze=params.freeze,
                       backbone_params=params.backbone, params=params.finetune_full,
-                      checkpoint_dir=args.checkpoint_dir)
+                      augment=params.augment, checkpoint_dir=args.checkpoint_dir)
 
     stage.run("finetune_full", body)
 

@@ -28,6 +28,9 @@ def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
     """Fit and save the probe; returns the metrics written to `metrics_path`."""
     classes = read_classes(features_dir)
     train, val = load_split(features_dir, "train"), load_split(features_dir, "val")
+    _logger.info("linear probe: %d parameters (%d classes x %d features + biases), fitted on "
+                 "%d cached train features", len(classes) * (train.features.shape[1] + 1),
+                 len(classes), train.features.shape[1], len(train.labels))
     probe = fit_linear_probe(train, val, len(classes), c_grid, max_iter)
     save_head(head_path, probe, classes, load_backbone_info(features_dir))
     with atomic_path(sweep_path) as temporary:
