@@ -46,6 +46,21 @@ def test_first_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     run(project, "git", "commit", "-q", "-m", "first run")
 
 
+def test_dvc_metrics_plots_and_exp_show_read_the_declarations(project: Path) -> None:
+    metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert "accuracy" in files["metrics/evaluate.json"]["data"]
+    assert "best_c" in files["metrics/train_head.json"]["data"]
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
+    assert set(plots) == {"metrics/plots/train_head_sweep.csv",
+                          "metrics/plots/finetune_history.csv",
+                          "metrics/plots/test_predictions.csv", "metrics/plots/confusion.png",
+                          "metrics/plots/test_grid.png"}
+    confusion = json.dumps(plots["metrics/plots/test_predictions.csv"])
+    assert '"actual"' in confusion and '"predicted"' in confusion
+    assert '"epoch"' in json.dumps(plots["metrics/plots/finetune_history.csv"])
+
+
 def test_second_repro_runs_no_stage(project: Path) -> None:
     result = dvc(project, "repro")
     assert stages_run(result.stdout) == set()
