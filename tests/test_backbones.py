@@ -54,6 +54,27 @@ def test_lite0_describes_itself(lite0) -> None:
 def test_random_init_differs_from_pretrained(lite0) -> None:
     random = build_backbone("efficientnet_lite0", pretrained=False)
     assert not torch.equal(random.trunk._conv_stem.weight, lite0.trunk._conv_stem.weight)
+    assert random.imagenet_head is None  # no ImageNet classifier to borrow rows from
+
+
+def test_random_init_is_the_same_network_in_every_stage() -> None:
+    # extract fits the probe on one build, finetune_full loads it onto another.
+    torch.manual_seed(123)
+    first = build_backbone("efficientnet_lite0", pretrained=False)
+    after_first = torch.rand(1)
+    torch.manual_seed(456)
+    second = build_backbone("efficientnet_lite0", pretrained=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.trunk.state_dict().values(),
+                                                 second.trunk.state_dict().values()))
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after_first)  # the caller's random stream is untouched
+
+
+def test_classifier_hidden_layers_are_blocks_too() -> None:
+    mobilenet = build_backbone("mobilenet_v3_small", pretrained=False)
+    names = [name for name, _ in mobilenet.blocks]
+    assert names[-1] == "classifier.0" and names[0] == "features.0"  # 576 -> 1024 Linear
+    assert mobilenet.feature_dim == 1024
 
 
 def test_torchvision_backbone_by_name_without_weights() -> None:
@@ -87,12 +108,14 @@ def test_cached_torchvision_weights_load_from_the_hub_cache(tmp_path: Path,
                                                             monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     source = build_backbone("resnet18", pretrained=False)
-    state = {**source.trunk.state_dict(), **{f"fc.{k}": v for k, v in
-                                             source.imagenet_head.state_dict().items()}}
+    classifier = torch.nn.Linear(512, 1000)
+    state = {**source.trunk.state_dict(),
+             **{f"fc.{k}": v for k, v in classifier.state_dict().items()}}
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     loaded = build_backbone("resnet18", pretrained=True)
     assert torch.equal(loaded.trunk.conv1.weight, source.trunk.conv1.weight)
+    assert torch.equal(loaded.imagenet_head.weight, classifier.weight)
 
 
 def test_local_weights_file_with_ddp_prefix_and_foreign_head(tmp_path: Path) -> None:

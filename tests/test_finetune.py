@@ -223,8 +223,10 @@ def test_imagenet_rows_need_a_pretrained_classifier_and_known_classes() -> None:
     with pytest.raises(ParamsError, match="'dog' is not a class"):
         init_head(nn.Linear(1280, 2), "probe", ["a", "b"], {"dog": 1}, None,
                   lite0.imagenet_head)
+    random = build_backbone("efficientnet_lite0", pretrained=False)
     with pytest.raises(ParamsError, match="needs the pretrained ImageNet classifier"):
-        init_head(nn.Linear(1280, 2), "probe", ["a", "b"], {"a": 1}, None, None)
+        init_head(nn.Linear(1280, 2), "probe", ["a", "b"], {"a": 1}, None,
+                  random.imagenet_head)
 
 
 def test_freeze_all_with_a_fresh_head_is_refused(probed, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from imgpipe.weights import load_state_dict_file, load_weights_into
 _logger = logging.getLogger(__name__)
 _LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)  # TF-Lite models take (x - 127) / 128
 _LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+_RANDOM_INIT_SEED = 0
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     blocks: list[tuple[str, list[nn.Module]]]  # ordered input -> output
-    imagenet_head: nn.Linear | None  # the classifier the weights came with
+    imagenet_head: nn.Linear | None  # the ImageNet classifier; None without ImageNet weights
 
 
 def available_backbones() -> list[str]:
@@ -58,10 +59,16 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     Raises:
         BackboneError: unknown name, or weights that cannot be found or loaded.
     """
-    if name in efficientnet_lite.VARIANTS:
-        backbone = _efficientnet_lite(name, pretrained and weights is None)
-    else:
-        backbone = _torchvision(name, pretrained and weights is None)
+    imagenet = pretrained and weights is None
+    # Random init is seeded on its own, so every stage builds the same random network.
+    with torch.random.fork_rng():
+        torch.manual_seed(_RANDOM_INIT_SEED)
+        if name in efficientnet_lite.VARIANTS:
+            backbone = _efficientnet_lite(name, imagenet)
+        else:
+            backbone = _torchvision(name, imagenet)
+    if not imagenet:
+        backbone.imagenet_head = None  # random, or not the classifier of these weights
     if weights is not None:
         state = load_state_dict_file(Path(weights), what="backbone.weights")
         load_weights_into(backbone.trunk, state, source=weights)
@@ -147,9 +154,15 @@ def _torchvision_blocks(model: nn.Module, head_name: str) -> list[tuple[str, lis
     head_root = head_name.split(".")[0]
     blocks = []
     for child_name, child in model.named_children():
-        if child_name == head_root or not any(True for _ in child.parameters()):
+        if not any(True for _ in child.parameters()):
             continue
-        if isinstance(child, nn.Sequential) and child_name in ("features", "layers"):
+        if child_name == head_root and child_name != head_name:
+            # A classifier container (vgg, mobilenet_v3): its hidden layers are blocks too.
+            blocks += [(f"{child_name}.{n}", [m]) for n, m in child.named_children()
+                       if any(True for _ in m.parameters())]
+        elif child_name == head_root:
+            continue
+        elif isinstance(child, nn.Sequential) and child_name in ("features", "layers"):
             blocks += [(f"{child_name}.{n}", [m]) for n, m in child.named_children()
                        if any(True for _ in m.parameters())]
         else:
