@@ -132,6 +132,21 @@ def test_data_classes_keeps_and_orders_labels(digits_dir: Path, tmp_path: Path) 
     assert set(report["reason"]) == {"unknown label 'seven' (not in data.classes)"}
 
 
+def test_data_classes_with_on_error_stop_only_leaves_other_labels_out(
+        digits_dir: Path, tmp_path: Path) -> None:
+    metrics = run_prepare(digits_dir, tmp_path, classes=["zero", "one"], on_error="stop")
+    assert sum(metrics["images"].values()) == 20
+
+
+def test_a_file_that_cannot_be_read_is_skipped(digits_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "links"
+    shutil.copytree(digits_dir, source)
+    (source / "one" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    run_prepare(source, tmp_path)
+    report = pd.read_csv(tmp_path / "skipped.csv")
+    assert report["reason"][0].startswith("cannot read the file")
+
+
 def test_data_classes_naming_an_absent_label_is_refused(digits_dir: Path,
                                                         tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data.classes lists 'eight'"):

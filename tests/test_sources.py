@@ -15,7 +15,8 @@ def _touch(path: Path, data: bytes = b"x") -> None:
 
 def test_image_folder_lists_images_and_skips_the_rest(tmp_path: Path) -> None:
     for name in ("cat/a.jpg", "cat/b.PNG", "dog/sub dir/é.jpeg", "dog/notes.txt",
-                 "dog/.DS_Store", "dog/Thumbs.db", "stray.jpg"):
+                 "dog/.DS_Store", "dog/Thumbs.db", "stray.jpg", ".thumbnails/t.jpg",
+                 "cat/.cache/c.jpg"):
         _touch(tmp_path / name)
     (tmp_path / "empty").mkdir()
     samples, skipped = list_samples(tmp_path)
@@ -27,6 +28,14 @@ def test_image_folder_lists_images_and_skips_the_rest(tmp_path: Path) -> None:
     assert reasons["dog/Thumbs.db"].startswith("not an image file")
     assert reasons["stray.jpg"] == "not inside a class folder"
     assert reasons["empty/"] == "class folder holds no images"
+    assert reasons["cat/.cache/c.jpg"].startswith("not an image file")  # hidden folder
+    assert reasons[".thumbnails/t.jpg"].startswith("not an image file")
+
+
+def test_csv_that_is_not_utf8_says_how_to_fix_it(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_bytes("path,label\na.jpg,café\n".encode("cp1252"))
+    with pytest.raises(DataError, match="is not UTF-8 text.*save it as UTF-8 CSV"):
+        list_samples(tmp_path / "labels.csv")
 
 
 def test_csv_manifest_resolves_paths_against_its_folder(tmp_path: Path) -> None:

@@ -64,12 +64,13 @@ def _list_image_folder(root: Path) -> tuple[list[Sample], list[Skipped]]:
         relpath = path.relative_to(root).as_posix()
         if len(path.relative_to(root).parts) < 2:
             skipped.append(Skipped(relpath, "not inside a class folder"))
-        elif path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        elif (any(part.startswith(".") for part in path.relative_to(root).parts)
+              or path.suffix.lower() not in IMAGE_EXTENSIONS):
             skipped.append(Skipped(relpath, "not an image file (by its extension)"))
         else:
             label = path.relative_to(root).parts[0]
             samples.append(Sample(path, label, relpath))
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not any(s.label == folder.name for s in samples):
             skipped.append(Skipped(folder.name + "/", "class folder holds no images"))
     return samples, skipped
@@ -77,13 +78,16 @@ def _list_image_folder(root: Path) -> tuple[list[Sample], list[Skipped]]:
 
 def _list_csv(manifest: Path) -> tuple[list[Sample], list[Skipped]]:
     root = manifest.parent.resolve()
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; the CSV "
-                            f"needs a header with {','.join(CSV_COLUMNS)}")
-        rows = list(reader)
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; the CSV "
+                                f"needs a header with {','.join(CSV_COLUMNS)}")
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{manifest} is not UTF-8 text ({error}); save it as UTF-8 CSV") from error
     samples: dict[str, Sample] = {}
     skipped: list[Skipped] = []
     for line, row in enumerate(rows, start=2):

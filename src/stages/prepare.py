@@ -81,7 +81,7 @@ def _keep_classes(samples: list[Sample], classes: list[str],
     for sample in samples:
         if sample.label not in classes:
             skipped.append(Skipped(sample.relpath, f"unknown label {sample.label!r} "
-                                   "(not in data.classes)", broken=True))
+                                   "(not in data.classes)"))
     return [sample for sample in samples if sample.label in classes]
 
 
@@ -109,7 +109,10 @@ def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
 
 def _prepare_one(sample: Sample, images_dir: Path, image_size: int) -> str | Skipped:
     """Write one prepared image; its content id, or why it was skipped."""
-    data = sample.path.read_bytes()
+    try:
+        data = sample.path.read_bytes()
+    except OSError as error:  # a broken link, no permission
+        return Skipped(sample.relpath, f"cannot read the file: {error}", broken=True)
     if not data:
         return Skipped(sample.relpath, "empty file (0 bytes)", broken=True)
     image_id = content_id(data)
