@@ -36,6 +36,10 @@ def test_exif_orientation_is_applied() -> None:
     assert to_rgb(image).size == (20, 40)
 
 
+def test_square_resize_of_an_extreme_strip_is_cheap_and_square() -> None:
+    assert square_resize(Image.new("RGB", (3, 20000)), 224).size == (224, 224)
+
+
 def test_square_resize_upscales_small_images() -> None:
     assert square_resize(Image.new("RGB", (8, 4)), 32).size == (32, 32)
 

@@ -38,14 +38,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bicubic, antialiased), then centre-crop a square."""
+    """Centre square of the image, resized to `size` (bicubic, antialiased).
+
+    The crop is taken in the original's coordinates before resizing, so an extreme
+    aspect ratio (a 1 x 10000 strip) never allocates a huge intermediate image.
+    """
     width, height = image.size
-    scale = size / min(width, height)
-    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    image = image.resize(new_size, Image.BICUBIC, reducing_gap=3.0)
-    left = (new_size[0] - size) // 2
-    top = (new_size[1] - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side),
+                        reducing_gap=3.0)
 
 
 def save_prepared(image: Image.Image, path: Path) -> None:
