@@ -11,7 +11,7 @@ import torch
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
 from imgpipe.features import FeatureSet
-from imgpipe.head import fit_linear_probe, load_head, save_head
+from imgpipe.head import SweepPoint, best_point, fit_linear_probe, load_head, save_head
 
 INFO = BackboneInfo("efficientnet_lite0", True, None, 5, 224, [0.5] * 3, [0.5] * 3)
 
@@ -36,11 +36,13 @@ def test_folded_head_on_raw_features_predicts_like_the_probe() -> None:
 
 
 def test_c_is_chosen_on_val_accuracy_then_loss() -> None:
+    sweep = [SweepPoint(0.1, 1.0, 0.80, 0.10), SweepPoint(1.0, 1.0, 0.90, 0.30),
+             SweepPoint(10.0, 1.0, 0.90, 0.20)]
+    assert best_point(sweep).c == 10.0  # ties on accuracy go to the lower loss
     train, val = blobs(20, 3, seed=0, spread=3.0), blobs(20, 3, seed=1, spread=3.0)
-    probe = fit_linear_probe(train, val, 3, c_grid=[1e-4, 1e-2, 1.0], max_iter=500)
-    assert [p.c for p in probe.sweep] == [1e-4, 1e-2, 1.0]
-    best = max(probe.sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
-    assert probe.best_c == best.c
+    probe = fit_linear_probe(train, val, 3, c_grid=[1.0, 1e-4, 1e-2], max_iter=500)
+    assert [p.c for p in probe.sweep] == [1e-4, 1e-2, 1.0]  # swept in order
+    assert probe.best_c == best_point(probe.sweep).c
 
 
 def test_two_classes_fold_into_two_softmax_rows() -> None:

@@ -82,9 +82,14 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
         fits[c] = fit
         _logger.info("C=%-8g train acc %.4f  val acc %.4f  val loss %.4f", c,
                      sweep[-1].train_accuracy, sweep[-1].val_accuracy, sweep[-1].val_loss)
-    best = max(sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
+    best = best_point(sweep)
     weight, bias = _fold_standardisation(fits[best.c], mean, scale, num_classes)
     return LinearProbe(weight, bias, best.c, sweep)
+
+
+def best_point(sweep: list[SweepPoint]) -> SweepPoint:
+    """Highest val accuracy; among equals, the lowest val loss."""
+    return max(sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
 
 
 def _full_proba(fit: LogisticRegression, x: np.ndarray, num_classes: int) -> np.ndarray:
