@@ -25,7 +25,7 @@ def predict_command(args: argparse.Namespace) -> None:
     if missing:
         raise PipelineError(f"{missing[0]} not found ({len(missing)} missing input(s))")
     predictor = Predictor(args.model)
-    predictions = predictor.predict(files, args.batch_size, progress=True)
+    predictions = predictor.predict(files, args.batch_size)
     table = pd.DataFrame({
         "path": [str(f) for f in files],
         "predicted": [p.predicted for p in predictions],

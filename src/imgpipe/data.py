@@ -1,11 +1,14 @@
-"""Prepared images as a torch Dataset, and batched forward passes over them."""
+"""Images as a torch Dataset, and the one batched forward pass that extract, evaluate and
+predict share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -15,29 +18,32 @@ from imgpipe.transforms import Transform
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label) pairs from prepared image files."""
+    """(image tensor, label) pairs; `load` opens an item (a prepared file by default)."""
 
-    def __init__(self, files: Sequence[str], labels: Sequence[int], transform: Transform):
-        if len(files) != len(labels):
-            raise ValueError(f"{len(files)} files but {len(labels)} labels")
-        self.files = list(files)
+    def __init__(self, items: Sequence[Any], labels: Sequence[int], transform: Transform,
+                 load: Callable[[Any], Image.Image] = load_prepared):
+        if len(items) != len(labels):
+            raise ValueError(f"{len(items)} items but {len(labels)} labels")
+        self.items = list(items)
         self.labels = list(labels)
         self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_prepared(self.files[index])), self.labels[index]
+        return self.transform(self.load(self.items[index])), self.labels[index]
 
 
-def forward_all(module: nn.Module, files: Sequence[str], transform: Transform,
-                batch_size: int, desc: str) -> np.ndarray:
+def forward_all(module: nn.Module, items: Sequence[Any], transform: Transform,
+                batch_size: int, desc: str,
+                load: Callable[[Any], Image.Image] = load_prepared) -> np.ndarray:
     """Run `module` in eval mode over the images, in order: (N, K) float32 outputs.
 
     Channels-last memory layout: 2 to 2.5x faster on CPU for depthwise convolutions.
     """
-    loader = DataLoader(ImageDataset(files, [0] * len(files), transform),
+    loader = DataLoader(ImageDataset(items, [0] * len(items), transform, load),
                         batch_size=batch_size, shuffle=False)
     module.eval().to(memory_format=torch.channels_last)
     outputs = []
@@ -48,3 +54,8 @@ def forward_all(module: nn.Module, files: Sequence[str], transform: Transform,
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(outputs).float().numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities from (N, K) logits."""
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()

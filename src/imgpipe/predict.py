@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from tqdm import tqdm
 
+from imgpipe.data import forward_all, softmax
 from imgpipe.errors import PipelineError
 from imgpipe.images import IMAGE_EXTENSIONS, square_resize, to_rgb
 from imgpipe.model import load_model
@@ -44,30 +43,25 @@ class Predictor:
         self.image_size = int(payload["preprocess"]["image_size"])
         self.transform = eval_transform(info.input_size, info.mean, info.std)
 
-    def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """(3, S, S) input tensor from a file path or encoded image bytes."""
+    def load(self, image: ImageInput) -> Image.Image:
+        """A file path or encoded image bytes as the pipeline's prepared square."""
         source = io.BytesIO(image) if isinstance(image, bytes) else image
         try:
             with Image.open(source) as opened:
-                return self.transform(square_resize(to_rgb(opened), self.image_size))
+                return square_resize(to_rgb(opened), self.image_size)
         except (OSError, SyntaxError, ValueError) as error:
             name = "image bytes" if isinstance(image, bytes) else str(image)
             raise PipelineError(f"{name}: cannot read the image ({error})") from error
 
-    def probabilities(self, images: Sequence[ImageInput], batch_size: int = 32,
-                      progress: bool = False) -> np.ndarray:
+    def probabilities(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
         """(N, C) class probabilities, in input order."""
-        batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        outputs = [np.zeros((0, len(self.classes)), dtype=np.float32)]
-        with torch.inference_mode():
-            for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
-                logits = self.model(torch.stack([self.preprocess(image) for image in batch]))
-                outputs.append(torch.softmax(logits, dim=1).numpy())
-        return np.concatenate(outputs)
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return softmax(forward_all(self.model, images, self.transform, batch_size, "predict",
+                                   load=self.load))
 
-    def predict(self, images: Sequence[ImageInput], batch_size: int = 32,
-                progress: bool = False) -> list[Prediction]:
-        rows = self.probabilities(images, batch_size, progress)
+    def predict(self, images: Sequence[ImageInput], batch_size: int = 32) -> list[Prediction]:
+        rows = self.probabilities(images, batch_size)
         return [Prediction(self.classes[int(row.argmax())], float(row.max()),
                            {name: float(p) for name, p in zip(self.classes, row)})
                 for row in rows]

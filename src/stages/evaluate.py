@@ -12,12 +12,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from imgpipe import stage
-from imgpipe.data import forward_all
+from imgpipe.data import forward_all, softmax
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, read_classes, read_manifest
 from imgpipe.metrics import classification_metrics, plot_confusion, plot_prediction_grid
@@ -37,7 +36,7 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     table = read_manifest(prepared_dir, "test")
     logits = forward_all(model, table["file"], eval_transform(info.input_size, info.mean,
                                                               info.std), batch_size, "evaluate")
-    probabilities = _softmax(logits)
+    probabilities = softmax(logits)
     y_true = table["label_index"].to_numpy()
     y_pred = probabilities.argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, classes)
@@ -55,11 +54,6 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     _logger.info("test accuracy %.4f, macro-F1 %.4f on %d images", metrics["accuracy"],
                  metrics["macro_f1"], metrics["images"])
     return metrics
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def track(*, prepared_dir: Path, model_path: Path, metrics: dict, params_path: Path,
