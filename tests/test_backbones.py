@@ -51,6 +51,14 @@ def test_lite0_describes_itself(lite0) -> None:
         assert lite0.trunk.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1280)
 
 
+def test_input_size_override_feeds_smaller_images_through_the_same_weights(lite0) -> None:
+    small = build_backbone("efficientnet_lite0", input_size=96)
+    assert small.input_size == 96 and lite0.input_size == 224
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(small.trunk.eval()(images), lite0.trunk.eval()(images))
+
+
 def test_random_init_differs_from_pretrained(lite0) -> None:
     random = build_backbone("efficientnet_lite0", pretrained=False)
     assert not torch.equal(random.trunk._conv_stem.weight, lite0.trunk._conv_stem.weight)

@@ -111,6 +111,17 @@ def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None
                       params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
 
 
+def test_a_head_fitted_at_another_input_size_is_refused(probed, tmp_path: Path) -> None:
+    from imgpipe.errors import DataError
+
+    smaller = BackboneParams("efficientnet_lite0", True, None, input_size=96)
+    with pytest.raises(DataError, match="224 px"):
+        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
+                      history_path=tmp_path / "h.csv", freeze="all", backbone_params=smaller,
+                      params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
+
+
 def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
     model, frozen = classifier("none")
     before = model.trunk._bn1.running_mean.clone()

@@ -67,6 +67,9 @@ def test_missing_data_source_names_the_key() -> None:
     ("train_head.c_grid", 1.0, "train_head.c_grid: expected a list"),
     ("finetune_full.lr", 0, r"finetune_full.lr: 0.0 is out of range"),
     ("data.source", "", "data.source: expected a non-empty string"),
+    ("backbone.input_size", 8, r"backbone.input_size: 8 is out of range"),
+    ("device", "gpu", "device: 'gpu' is not allowed; use one of auto, cpu, cuda"),
+    ("distributed.nproc_per_node", 0, r"distributed.nproc_per_node: 0 is out of range"),
 ])
 def test_wrong_types_and_ranges_name_key_and_value(dotted: str, value: object,
                                                    message: str) -> None:

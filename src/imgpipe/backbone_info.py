@@ -28,5 +28,6 @@ class BackboneInfo:
                    backbone.input_size, list(backbone.mean), list(backbone.std))
 
     def same_network(self, other: BackboneInfo) -> bool:
-        return (self.name, self.pretrained, self.weights) == (
-            other.name, other.pretrained, other.weights)
+        """Same weights fed the same images: features of one fit heads of the other."""
+        return (self.name, self.pretrained, self.weights, self.input_size) == (
+            other.name, other.pretrained, other.weights, other.input_size)

@@ -48,13 +48,17 @@ def available_backbones() -> list[str]:
         module=torchvision.models)
 
 
-def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
+def build_backbone(name: str, pretrained: bool = True, weights: str | None = None,
+                   input_size: int | None = None) -> Backbone:
     """Build a backbone by name.
 
     Args:
         name: `efficientnet_lite0` (1, 2) or a torchvision classification model name.
         pretrained: load ImageNet weights; False gives the same architecture at random init.
         weights: a local state-dict file to load instead of the default ImageNet weights.
+        input_size: side of the images fed to it, instead of its own (these networks
+            pool globally, so any size above ~32 px runs; small images gain nothing
+            from being blown up to 224).
 
     Raises:
         BackboneError: unknown name, or weights that cannot be found or loaded.
@@ -72,6 +76,8 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     if weights is not None:
         state = load_state_dict_file(Path(weights), what="backbone.weights")
         load_weights_into(backbone.trunk, state, source=weights)
+    if input_size is not None:
+        backbone.input_size = input_size
     return backbone
 
 

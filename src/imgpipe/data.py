@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from imgpipe import distributed
+from imgpipe.distributed import Ranks
 from imgpipe.images import load_prepared
 from imgpipe.transforms import Transform
 
@@ -38,22 +40,48 @@ class ImageDataset(Dataset):
 
 def forward_all(module: nn.Module, items: Sequence[Any], transform: Transform,
                 batch_size: int, desc: str,
-                load: Callable[[Any], Image.Image] = load_prepared) -> np.ndarray:
+                load: Callable[[Any], Image.Image] = load_prepared,
+                device: torch.device | None = None) -> np.ndarray:
     """Run `module` in eval mode over the images, in order: (N, K) float32 outputs.
 
     Channels-last memory layout: 2 to 2.5x faster on CPU for depthwise convolutions.
+    On CUDA the forward pass runs in float16 autocast (mixed precision).
     """
+    device = device or torch.device("cpu")
     loader = DataLoader(ImageDataset(items, [0] * len(items), transform, load),
                         batch_size=batch_size, shuffle=False)
-    module.eval().to(memory_format=torch.channels_last)
+    module.eval().to(device=device, memory_format=torch.channels_last)
     outputs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
         for images, _ in tqdm(loader, desc=desc, unit="batch", mininterval=2.0,
                               disable=len(loader) < 2):
-            outputs.append(module(images.contiguous(memory_format=torch.channels_last)))
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            outputs.append(module(images).float().cpu())
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).float().numpy()
+    return torch.cat(outputs).numpy()
+
+
+def forward_sharded(module: nn.Module, items: Sequence[Any], transform: Transform,
+                    batch_size: int, desc: str, ranks: Ranks,
+                    device: torch.device | None = None) -> np.ndarray | None:
+    """`forward_all` with the batches dealt round-robin to the workers.
+
+    Every worker runs the same batches a single process would (same boundaries, same
+    order inside each), so the merged outputs equal a one-process run. Collective:
+    every worker must call it. Returns the (N, K) outputs on rank 0, None elsewhere.
+    """
+    items = list(items)
+    starts = list(range(0, len(items), batch_size))[ranks.rank::ranks.world]
+    mine = [item for start in starts for item in items[start:start + batch_size]]
+    outputs = forward_all(module, mine, transform, batch_size, desc, device=device)
+    pieces = np.split(outputs, range(batch_size, len(mine), batch_size)) if mine else []
+    gathered = distributed.gather(pieces)
+    if not ranks.main:
+        return None
+    batches = [gathered[k % ranks.world][k // ranks.world]
+               for k in range(-(-len(items) // batch_size))]
+    return np.concatenate(batches) if batches else np.zeros((0, 0), dtype=np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

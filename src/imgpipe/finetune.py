@@ -1,4 +1,9 @@
-"""End-to-end fine-tuning: what trains, epochs of training and eval, resumable checkpoints."""
+"""End-to-end fine-tuning: what trains, epochs of training and eval, resumable checkpoints.
+
+Also under torchrun: each worker trains on its share of every batch (DistributedSampler)
+through DistributedDataParallel, losses and accuracies are summed over the workers, and
+rank 0 alone writes checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from imgpipe import distributed
 from imgpipe.backbones import Backbone
+from imgpipe.distributed import ALONE, Ranks
 from imgpipe.errors import ParamsError
 from imgpipe.io import save_torch
 from imgpipe.model import ImageClassifier
@@ -79,17 +87,21 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-def train_epoch(model: ImageClassifier, frozen: list[nn.Module], loader: DataLoader,
+def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
                 optimizer: torch.optim.Optimizer, desc: str, bn_stats: str = "update",
                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                label_smoothing: float = 0.0) -> EpochResult:
-    """One pass over `loader`.
+                label_smoothing: float = 0.0, device: torch.device | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> EpochResult:
+    """One pass over `loader` (this worker's share of it, under torchrun).
 
     Frozen modules stay in eval mode, so their BatchNorm statistics never move. With
     `bn_stats="frozen"` every BatchNorm layer normalises with its running statistics
     (its affine weights still train): small fine-tuning batches then cannot shift the
-    features away from those the linear probe was fitted on.
+    features away from those the linear probe was fitted on. An enabled `scaler` means
+    float16 mixed precision (CUDA).
     """
+    device = device or torch.device("cpu")
+    mixed = scaler is not None and scaler.is_enabled()
     model.train()
     for module in frozen:
         module.eval()
@@ -99,28 +111,44 @@ def train_epoch(model: ImageClassifier, frozen: list[nn.Module], loader: DataLoa
                 module.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2.0):
-        logits = model(images)
-        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, enabled=mixed):
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if mixed:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if schedule is not None:
             schedule.step()  # per step: warmup and decay are in steps
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-    return EpochResult(loss_sum / seen, correct / seen)
+    return _result(loss_sum, correct, seen)
 
 
-def evaluate_epoch(model: ImageClassifier, loader: DataLoader) -> EpochResult:
+def evaluate_epoch(model: nn.Module, loader: DataLoader,
+                   device: torch.device | None = None) -> EpochResult:
+    """Mean loss and accuracy over `loader`; under torchrun, over every worker's share."""
+    device = device or torch.device("cpu")
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
         for images, labels in loader:
-            logits = model(images)
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images).float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
+    return _result(loss_sum, correct, seen)
+
+
+def _result(loss_sum: float, correct: int, seen: int) -> EpochResult:
+    loss_sum, correct, seen = distributed.sum_across([loss_sum, correct, seen])
     return EpochResult(loss_sum / seen, correct / seen)
 
 
@@ -135,26 +163,37 @@ class Progress:
 
 def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLoader,
         val_loader: DataLoader, optimizer: torch.optim.Optimizer,
-        schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-        epochs: int, bn_stats: str, progress: Progress, checkpoint: Path | None,
-        label_smoothing: float = 0.0, patience: int = 0) -> Progress:
+        schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int, bn_stats: str,
+        progress: Progress, checkpoint: Path | None, label_smoothing: float = 0.0,
+        patience: int = 0, device: torch.device | None = None, ranks: Ranks = ALONE,
+        scaler: torch.amp.GradScaler | None = None) -> Progress:
     """Train up to `epochs`, keeping the best-on-val weights (higher accuracy, then loss).
 
-    Stops early after `patience` epochs without a better val score (0: never). After
-    every epoch the whole training state (weights, optimizer, schedule, random
-    generators, history) is written to `checkpoint`; a run that finds one resumes after
-    its epoch and ends with the same result as a run never interrupted.
+    `train_loader` must draw from a `DistributedSampler` (one replica when alone): its
+    order depends only on the seed and the epoch. Stops early after `patience` epochs
+    without a better val score (0: never). After every epoch the whole training state
+    (weights, optimizer, schedule, every worker's random generator, history) is written to
+    `checkpoint`; a run that finds one resumes after its epoch and ends with the same
+    result as a run never interrupted.
     """
     if checkpoint is not None and checkpoint.is_file():
-        progress = _resume(checkpoint, model, optimizer, schedule, generator)
+        progress = _resume(checkpoint, model, optimizer, schedule, ranks)
+    sampler = train_loader.sampler
+    if not isinstance(sampler, DistributedSampler):
+        raise TypeError("fit needs a train_loader with a DistributedSampler")
+    net = model
+    if distributed.active():  # gradients averaged over the workers after each backward
+        net = DistributedDataParallel(model, device_ids=[device] if device
+                                      and device.type == "cuda" else None)
     for epoch in range(len(progress.history), epochs + 1):
         if patience and epoch - progress.best["epoch"] > patience:
             _logger.info("early stop: no better val score for %d epochs", patience)
             break
-        trained = train_epoch(model, frozen, train_loader, optimizer, f"epoch {epoch}",
+        sampler.set_epoch(epoch)
+        trained = train_epoch(net, frozen, train_loader, optimizer, f"epoch {epoch}",
                               bn_stats=bn_stats, schedule=schedule,
-                              label_smoothing=label_smoothing)
-        val = evaluate_epoch(model, val_loader)
+                              label_smoothing=label_smoothing, device=device, scaler=scaler)
+        val = evaluate_epoch(model, val_loader, device)
         progress.history.append({"epoch": epoch, "train_loss": trained.loss,
                                  "train_accuracy": trained.accuracy, "val_loss": val.loss,
                                  "val_accuracy": val.accuracy})
@@ -165,30 +204,34 @@ def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLo
             progress.best_state = copy.deepcopy(model.state_dict())
             progress.best = progress.history[-1]
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, generator, progress)
+            _save_checkpoint(checkpoint, model, optimizer, schedule, progress, ranks)
     return progress
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     schedule: torch.optim.lr_scheduler.LRScheduler,
-                     generator: torch.Generator, progress: Progress) -> None:
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-               "loader_rng": generator.get_state(), "history": progress.history,
-               "best_state": progress.best_state, "best_epoch": progress.best["epoch"]}
-    save_torch(path, payload)
+                     schedule: torch.optim.lr_scheduler.LRScheduler, progress: Progress,
+                     ranks: Ranks) -> None:
+    rng_states = distributed.gather(torch.get_rng_state())  # augmentation, per worker
+    if ranks.main:
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "schedule": schedule.state_dict(), "torch_rng": rng_states,
+                   "history": progress.history, "best_state": progress.best_state,
+                   "best_epoch": progress.best["epoch"]}
+        save_torch(path, payload)
+    distributed.barrier()  # nobody runs ahead of a checkpoint that may be needed
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler,
-            generator: torch.Generator) -> Progress:
+            schedule: torch.optim.lr_scheduler.LRScheduler, ranks: Ranks) -> Progress:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
-    torch.set_rng_state(payload["torch_rng"])
-    generator.set_state(payload["loader_rng"])
+    if len(payload["torch_rng"]) == ranks.world:
+        torch.set_rng_state(payload["torch_rng"][ranks.rank])
     history = payload["history"]
     _logger.info("resuming from %s after epoch %d", path, history[-1]["epoch"])
     best = next(row for row in history if row["epoch"] == payload["best_epoch"])
-    return Progress(history, payload["best_state"], best)
+    device = next(model.parameters()).device
+    best_state = {key: value.to(device) for key, value in payload["best_state"].items()}
+    return Progress(history, best_state, best)

@@ -37,7 +37,8 @@ class ImageClassifier(nn.Module):
 def save_model(path: Path, model: ImageClassifier, *, classes: list[str], info: BackboneInfo,
                extra: dict[str, Any]) -> None:
     """Write the model file atomically."""
-    payload = {"format_version": FORMAT_VERSION, "state_dict": model.state_dict(),
+    state = {key: value.cpu() for key, value in model.state_dict().items()}
+    payload = {"format_version": FORMAT_VERSION, "state_dict": state,
                "classes": list(classes), "backbone": asdict(info), **extra}
     save_torch(path, payload)
 

@@ -40,6 +40,11 @@ class BackboneParams:
     name: str  # efficientnet_lite0..2 or a torchvision classification model
     pretrained: bool  # False: random init
     weights: str | None = None  # optional local state-dict file
+    input_size: int | None = None  # pixels fed to the network; None: the backbone's own
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None:
+            _check_range("backbone.input_size", self.input_size, 32, 1024)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +163,14 @@ class TrackingParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedParams:
+    nproc_per_node: int = 1  # torchrun workers for extract and finetune_full; 1: no torchrun
+
+    def __post_init__(self) -> None:
+        _check_range("distributed.nproc_per_node", self.nproc_per_node, 1, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataParams
     backbone: BackboneParams
@@ -169,6 +182,8 @@ class Params:
     augment: AugmentParams
     evaluate: EvaluateParams
     tracking: TrackingParams
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the networks run
+    distributed: DistributedParams = dataclasses.field(default_factory=DistributedParams)
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -13,9 +13,10 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
-from imgpipe import stage
+from imgpipe import distributed, stage
 from imgpipe.data import forward_all, softmax
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, read_classes, read_manifest
@@ -30,12 +31,13 @@ _logger = logging.getLogger(__name__)
 
 def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
              predictions_path: Path, confusion_png: Path, batch_size: int,
-             grid_png: Path | None = None) -> dict:
+             grid_png: Path | None = None, device: torch.device | None = None) -> dict:
     """Score the final model on the test split; returns the metrics written."""
     model, classes, info, _ = load_model(model_path)
     table = read_manifest(prepared_dir, "test")
-    logits = forward_all(model, table["file"], eval_transform(info.input_size, info.mean,
-                                                              info.std), batch_size, "evaluate")
+    transform = eval_transform(info.input_size, info.mean, info.std)
+    logits = forward_all(model, table["file"], transform, batch_size, "evaluate",
+                         device=device)
     probabilities = softmax(logits)
     y_true = table["label_index"].to_numpy()
     y_pred = probabilities.argmax(axis=1)
@@ -106,7 +108,8 @@ def main() -> None:
         metrics = evaluate(prepared_dir=args.prepared_dir, model_path=args.model,
                            metrics_path=args.metrics, predictions_path=args.predictions,
                            confusion_png=args.confusion_png, grid_png=args.grid_png,
-                           batch_size=params.evaluate.batch_size)
+                           batch_size=params.evaluate.batch_size,
+                           device=distributed.resolve_device(params.device))
         track(prepared_dir=args.prepared_dir, model_path=args.model, metrics=metrics,
               params_path=Path("params.yaml"), sweep_path=args.sweep,
               history_path=args.history,

@@ -1,0 +1,120 @@
+"""Devices, and running a stage on several processes with PyTorch's elastic launcher.
+
+A stage whose `distributed.nproc_per_node` is above 1 re-runs its own command line under
+`torchrun --standalone` (rendezvous on the loopback interface), and each worker joins a
+process group: gloo on the CPU, NCCL on CUDA. Without torchrun every helper here is the
+single-process identity, so the same stage code serves both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from imgpipe.errors import ParamsError, PipelineError
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the workers; rank 0 alone writes files."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+ALONE = Ranks()  # a single process, no torchrun
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else the CPU; `cuda` without a GPU is an error.
+
+    Under torchrun each worker takes the GPU of its local rank.
+    """
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ParamsError("device: 'cuda' but PyTorch sees no CUDA device here; use device: "
+                          "auto (CUDA when present, else the CPU) or device: cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch(stage: str, nproc_per_node: int, argv: Sequence[str] | None = None) -> bool:
+    """Run this script under torchrun with `nproc_per_node` workers, unless already there.
+
+    Returns:
+        False when the caller should do the work itself (one process, or inside
+        torchrun); True when the workers ran it and succeeded.
+
+    Raises:
+        PipelineError: a worker failed (its own message is printed above torchrun's).
+    """
+    if nproc_per_node <= 1 or under_torchrun():
+        return False
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc_per_node}", *(argv or sys.argv)]
+    _logger.info("%s on %d processes: %s", stage, nproc_per_node, " ".join(command[1:]))
+    status = subprocess.run(command, check=False).returncode
+    if status != 0:
+        raise PipelineError(f"{stage} failed in a torchrun worker (exit status {status}); "
+                            "the worker's error is above, or set distributed.nproc_per_node: 1")
+    return True
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[Ranks]:
+    """Join the torchrun workers for the block (gloo on CPU, NCCL on CUDA), or stay alone."""
+    if not under_torchrun():
+        yield ALONE
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def sum_across(values: Sequence[float]) -> list[float]:
+    """Element-wise sum of `values` over all workers (the values themselves when alone)."""
+    if not active():
+        return list(values)
+    total = torch.tensor(list(values), dtype=torch.float64)
+    dist.all_reduce(total)  # gloo and NCCL both sum by default
+    return total.tolist()
+
+
+def gather(value: Any) -> list[Any]:
+    """Every worker's `value`, in rank order ([value] when alone)."""
+    if not active():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()

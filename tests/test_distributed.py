@@ -1,0 +1,123 @@
+"""Devices, and extract and finetune_full on two torchrun workers (gloo, on the CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO_ROOT
+from imgpipe.distributed import Ranks, resolve_device
+from imgpipe.errors import ParamsError
+from imgpipe.features import load_split
+from imgpipe.model import load_model
+from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams
+from stages.extract import extract
+from stages.finetune_full import finetune_full
+
+# Two workers each take half of every batch: the same steps as one process, up to the
+# order of floating-point sums (all-reduce of gradients, 1 thread per worker).
+WEIGHT_TOLERANCE = 1e-4  # max |difference| of any fine-tuned weight after two epochs
+LOSS_TOLERANCE = 1e-4  # relative difference of each epoch's mean train and val loss
+TUNE = dict(trainable_blocks=1, epochs=2, batch_size=8, lr=1e-3, head_lr_mult=1.0)
+NO_AUGMENT = dict(crop_scale_min=1.0)  # random crops would differ between the two runs
+
+
+def run_stage(project: Path, script: str, nproc: int, *args: str,
+              **overrides: dict | str) -> subprocess.CompletedProcess:
+    """Run src/stages/<script> in `project` with params.yaml's keys or sections overridden."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in overrides.items():
+        params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    params["distributed"]["nproc_per_node"] = nproc
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "stages" / script), *args],
+                          cwd=project, capture_output=True, text=True, timeout=600)
+
+
+def test_cpu_and_auto_without_a_gpu_choose_the_cpu() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_names_the_fix() -> None:
+    with pytest.raises(ParamsError, match="device: auto"):
+        resolve_device("cuda")
+
+
+def test_a_batch_the_workers_cannot_share_equally_is_refused(probed, tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="multiple of distributed.nproc_per_node"):
+        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
+                      history_path=tmp_path / "history.csv", freeze="partial",
+                      backbone_params=BackboneParams("efficientnet_lite0", True),
+                      params=FinetuneParams(batch_size=8), ranks=Ranks(rank=0, world=3))
+
+
+def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) -> None:
+    # Batches of 4: the 18 train images make 5 batches, 3 for rank 0 and 2 for rank 1.
+    # torchrun gives each worker one thread; oneDNN's sums depend on the thread count
+    # (by up to ~1e-5 here), so the one-process run gets one thread too.
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        extract(prepared_dir=probed["prepared"], features_dir=single,
+                backbone_name="efficientnet_lite0", pretrained=True, weights=None,
+                batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    result = run_stage(tmp_path / "project", "extract.py", 2, "--prepared-dir",
+                       str(probed["prepared"]), "--features-dir", str(tmp_path / "two"),
+                       extract={"batch_size": 4})
+    assert result.returncode == 0, result.stderr
+    for split in ("train", "val", "test"):
+        one, two = load_split(single, split), load_split(tmp_path / "two", split)
+        assert np.array_equal(one.image_ids, two.image_ids)
+        assert np.array_equal(one.labels, two.labels)
+        assert np.array_equal(one.features, two.features), (
+            f"{split}: max |diff| {np.abs(one.features - two.features).max()}")
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in single.iterdir())
+
+
+def test_two_workers_fine_tune_like_one_process(probed, tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    single.mkdir()
+    finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
+                  model_path=single / "model.pt", metrics_path=single / "m.json",
+                  history_path=single / "history.csv", freeze="partial",
+                  backbone_params=BackboneParams("efficientnet_lite0", True),
+                  params=FinetuneParams(**TUNE), augment=AugmentParams(**NO_AUGMENT))
+    two = tmp_path / "two"
+    result = run_stage(two, "finetune_full.py", 2, "--prepared-dir", str(probed["prepared"]),
+                       "--head", str(probed["head"]), "--model", str(two / "model.pt"),
+                       "--metrics", str(two / "m.json"), "--history", str(two / "history.csv"),
+                       "--checkpoint-dir", str(two / "checkpoints"),
+                       finetune_full=TUNE, augment=NO_AUGMENT, freeze="partial")
+    assert result.returncode == 0, result.stderr
+    assert "on 2 processes" in result.stderr
+
+    one_history, two_history = (pd.read_csv(d / "history.csv") for d in (single, two))
+    assert list(two_history["epoch"]) == [0, 1, 2]
+    assert list(one_history["val_accuracy"]) == list(two_history["val_accuracy"])
+    for column in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(two_history[column][1:], one_history[column][1:],
+                                   rtol=LOSS_TOLERANCE)
+    one_state = load_model(single / "model.pt")[0].state_dict()
+    two_state = load_model(two / "model.pt")[0].state_dict()
+    differences = {key: (one_state[key] - two_state[key]).abs().max().item()
+                   for key in one_state if one_state[key].is_floating_point()}
+    assert max(differences.values()) < WEIGHT_TOLERANCE, max(differences.items(),
+                                                              key=lambda kv: kv[1])
+    assert pd.read_json(two / "m.json", typ="series")["best_epoch"] > 0  # trained weights
+    assert not (two / "checkpoints").exists()  # rank 0 removed them once done
