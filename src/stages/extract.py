@@ -3,21 +3,28 @@
 Reads `backbone.*`, `extract.*`, `device` and `distributed.*`. Writes one .npz per split
 and the backbone's identity and the class names into the features folder (see
 imgpipe.features). With `distributed.nproc_per_node` above 1 the batches are shared out
-among torchrun workers and merged in order: the same features as one process.
+among torchrun workers and merged in order: the same features as one process. With a
+cache folder, each image's features are also kept there under the prepared image's
+content hash and the backbone's identity, so a later run computes only new images.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import torchvision
 
-from imgpipe import distributed, stage
+from imgpipe import backbones, data, distributed, efficientnet_lite, images, stage, transforms
+from imgpipe import weights as weights_module
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone
+from imgpipe.cache import ItemCache, file_digest, source_digest
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks
 from imgpipe.features import FeatureSet, save_backbone_info, save_split
@@ -32,41 +39,81 @@ _logger = logging.getLogger(__name__)
 
 def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretrained: bool,
             weights: str | None, batch_size: int, input_size: int | None = None,
-            device: torch.device | None = None, ranks: Ranks = ALONE) -> BackboneInfo:
+            device: torch.device | None = None, ranks: Ranks = ALONE,
+            cache_dir: Path | None = None) -> BackboneInfo:
     """Write pooled penultimate features of every prepared image, split by split.
 
-    Collective under torchrun: every worker computes its share, rank 0 writes.
+    Collective under torchrun: every worker computes its share, rank 0 writes. With
+    `cache_dir`, only images without a cached feature vector go through the network.
     """
+    device = device or torch.device("cpu")
     backbone = build_backbone(backbone_name, pretrained=pretrained, weights=weights,
                               input_size=input_size)
     info = BackboneInfo.of(backbone, pretrained, weights)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
     _logger.info("%s (%s): %d-d features at %d px", backbone_name,
                  "ImageNet" if pretrained else "random init", info.feature_dim, info.input_size)
-    splits = {}
-    for split in SPLITS:
-        table = read_manifest(prepared_dir, split)
-        features = forward_sharded(backbone.trunk, table["file"], transform, batch_size,
-                                   f"extract {split}", ranks, device=device)
-        splits[split] = table, features
-        _logger.info("%s: %d images", split, len(table))
+    table = pd.concat([read_manifest(prepared_dir, split) for split in SPLITS],
+                      ignore_index=True)
+    files = list(table["file"])
+    cache, keys, todo = None, [], list(range(len(files)))
+    if cache_dir is not None:
+        cache = ItemCache(cache_dir, "features", _cache_key(info, batch_size, device))
+        keys = [file_digest(Path(file))[:16] for file in files]
+        todo = [i for i, key in enumerate(keys) if not cache.has(key, _FEATURE_SUFFIX)]
+        _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
+                     len(files), cache.folder)
+    computed = forward_sharded(backbone.trunk, [files[i] for i in todo], transform, batch_size,
+                               "extract", ranks, device=device, pad_last=True)
     if not ranks.main:
         return info
+    computed = computed.reshape(len(todo), info.feature_dim).astype(np.float32)
+    if cache is None:
+        features = computed
+    else:
+        for i, row in zip(todo, computed):
+            cache.store(keys[i], _FEATURE_SUFFIX, lambda path, row=row: _save_row(path, row))
+        features = np.stack([np.load(cache.path(key, _FEATURE_SUFFIX)) for key in keys]
+                            ) if keys else computed
     with atomic_path(features_dir) as staging:
         staging.mkdir()
-        for split, (table, features) in splits.items():
+        for split in SPLITS:
+            rows = (table["split"] == split).to_numpy()
             save_split(staging, split, FeatureSet(
-                features.reshape(len(table), info.feature_dim).astype(np.float32),
-                table["label_index"].to_numpy(np.int64), table["image_id"].to_numpy(str)))
+                features[rows].reshape(int(rows.sum()), info.feature_dim),
+                table["label_index"][rows].to_numpy(np.int64),
+                table["image_id"][rows].to_numpy(str)))
+            _logger.info("%s: %d images", split, int(rows.sum()))
         save_backbone_info(staging, info)
         write_json(staging / CLASSES_NAME, read_classes(prepared_dir))
     return info
+
+
+_FEATURE_SUFFIX = ".npy"
+
+
+def _cache_key(info: BackboneInfo, batch_size: int, device: torch.device) -> dict:
+    """Everything a cached feature vector depends on besides the image itself."""
+    return {**asdict(info), "weights": info.weights and file_digest(Path(info.weights)),
+            "batch_size": batch_size,  # batch shape and thread count pick the kernels,
+            "threads": torch.get_num_threads(),  # which round differently (~1e-6)
+            "device": device.type, "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "code": source_digest(backbones, data, efficientnet_lite, images, transforms,
+                                  weights_module)}
+
+
+def _save_row(path: Path, row: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save(path) would append .npy to the temp name
+        np.save(handle, row)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared-dir", type=Path, required=True)
     parser.add_argument("--features-dir", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="per-image cache of features, reused across runs")
     args = parser.parse_args()
 
     def body() -> None:
@@ -78,7 +125,8 @@ def main() -> None:
             extract(prepared_dir=args.prepared_dir, features_dir=args.features_dir,
                     backbone_name=params.backbone.name, pretrained=params.backbone.pretrained,
                     weights=params.backbone.weights, batch_size=params.extract.batch_size,
-                    input_size=params.backbone.input_size, device=device, ranks=ranks)
+                    input_size=params.backbone.input_size, device=device, ranks=ranks,
+                    cache_dir=args.cache_dir)
 
     stage.run("extract", body)
 

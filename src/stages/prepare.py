@@ -2,6 +2,8 @@
 
 Reads `data.source` and `prepare.*`. Writes the prepared folder (see imgpipe.manifest),
 the counts in the metrics file and every skipped file, with its reason, in a report.
+With a cache folder, each resized image is also kept there under its source's content
+hash, so a later run decodes only images it has not seen (see imgpipe.cache).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
+import PIL
 from PIL import Image
 from tqdm import tqdm
 
-from imgpipe import stage
+from imgpipe import images, stage
+from imgpipe.cache import ItemCache, place, source_digest
 from imgpipe.errors import DataError
 from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
 from imgpipe.io import atomic_path, write_json
@@ -37,12 +41,14 @@ _logger = logging.getLogger(__name__)
 
 def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Path, seed: int,
             val_fraction: float, test_fraction: float, image_size: int,
-            classes: list[str] | None = None, on_error: str = "skip") -> dict:
+            classes: list[str] | None = None, on_error: str = "skip",
+            cache_dir: Path | None = None) -> dict:
     """Turn the images under `source` into a split, resized, content-addressed dataset.
 
     Args:
         classes: labels to keep, in this order; None keeps every label, sorted.
         on_error: "skip" lists unreadable files in the report; "stop" raises on the first.
+        cache_dir: per-image cache (resized images by source content hash); None: none.
 
     Returns:
         The metrics written to `metrics_path` (counts per split and class, skipped files).
@@ -53,9 +59,11 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         samples = _keep_classes(samples, classes, skipped)
     if on_error == "stop":
         _stop_on_broken(skipped)
+    cache = None if cache_dir is None else ItemCache(cache_dir, "prepared", {
+        "image_size": image_size, "code": source_digest(images), "pillow": PIL.__version__})
     with atomic_path(out_dir) as staging:
         (staging / IMAGES_DIR).mkdir(parents=True)
-        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped, on_error)
+        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped, on_error, cache)
         rows = _drop_duplicates(kept, staging / IMAGES_DIR, skipped)
         classes = _check_classes(rows, skipped, classes)
         table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
@@ -93,22 +101,29 @@ def _stop_on_broken(skipped: list[Skipped]) -> None:
 
 
 def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
-                skipped: list[Skipped], on_error: str) -> list[tuple[str, Sample]]:
+                skipped: list[Skipped], on_error: str,
+                cache: ItemCache | None) -> list[tuple[str, Sample]]:
     """Decode, convert and resize each sample into `images_dir`; skip what cannot be read."""
-    kept = []
+    kept, decoded = [], 0
     for sample in tqdm(samples, desc="prepare", unit="img", mininterval=2.0):
-        problem = _prepare_one(sample, images_dir, image_size)
+        problem = _prepare_one(sample, images_dir, image_size, cache)
         if isinstance(problem, Skipped):
             skipped.append(problem)
             if on_error == "stop":
                 _stop_on_broken([problem])
         else:
-            kept.append((problem, sample))
+            image_id, was_decoded = problem
+            kept.append((image_id, sample))
+            decoded += was_decoded
+    if cache is not None:
+        _logger.info("decoded %d images, %d from the cache (%s)", decoded, len(kept) - decoded,
+                     cache.folder)
     return kept
 
 
-def _prepare_one(sample: Sample, images_dir: Path, image_size: int) -> str | Skipped:
-    """Write one prepared image; its content id, or why it was skipped."""
+def _prepare_one(sample: Sample, images_dir: Path, image_size: int,
+                 cache: ItemCache | None) -> tuple[str, bool] | Skipped:
+    """Write one prepared image: (its content id, whether it was decoded), or why not."""
     try:
         data = sample.path.read_bytes()
     except OSError as error:  # a broken link, no permission
@@ -117,6 +132,11 @@ def _prepare_one(sample: Sample, images_dir: Path, image_size: int) -> str | Ski
         return Skipped(sample.relpath, "empty file (0 bytes)", broken=True)
     image_id = content_id(data)
     target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
+    if target.exists():  # a duplicate of an image already written
+        return image_id, False
+    if cache is not None and cache.has(image_id, PREPARED_SUFFIX):
+        place(cache.path(image_id, PREPARED_SUFFIX), target)
+        return image_id, False
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit: refuse both alike.
@@ -128,9 +148,12 @@ def _prepare_one(sample: Sample, images_dir: Path, image_size: int) -> str | Ski
         return Skipped(sample.relpath, f"too large to decode safely: {error}", broken=True)
     except (OSError, SyntaxError, ValueError) as error:
         return Skipped(sample.relpath, f"unreadable image: {error}", broken=True)
-    if not target.exists():
+    if cache is None:
         save_prepared(prepared, target)
-    return image_id
+    else:
+        place(cache.store(image_id, PREPARED_SUFFIX, lambda path: save_prepared(prepared, path)),
+              target)
+    return image_id, True
 
 
 def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
@@ -188,6 +211,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="per-image cache of resized images, reused across runs")
     args = parser.parse_args()
 
     def body() -> None:
@@ -197,7 +222,7 @@ def main() -> None:
                 val_fraction=params.prepare.val_fraction,
                 test_fraction=params.prepare.test_fraction,
                 image_size=params.prepare.image_size, classes=params.data.classes,
-                on_error=params.prepare.on_error)
+                on_error=params.prepare.on_error, cache_dir=args.cache_dir)
 
     stage.run("prepare", body)
 

@@ -1,0 +1,145 @@
+"""Per-image caches: after adding images, prepare and extract process only the new ones,
+and their outputs equal those of a run without any cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from make_digits import render_digits
+
+import stages.extract
+import stages.prepare
+from imgpipe.cache import ItemCache
+from imgpipe.features import load_split
+from stages.extract import extract
+from stages.prepare import prepare
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`base`: 3 classes x 10 digits; `grown`: the same plus 2 new digits per class."""
+    root = tmp_path_factory.mktemp("grow")
+    render_digits(root / "base", classes=[0, 1, 7], per_class=10, size=32)
+    render_digits(root / "grown", classes=[0, 1, 7], per_class=12, size=32)
+    return {"base": root / "base", "grown": root / "grown"}
+
+
+def run_prepare(source: Path, out: Path, cache_dir: Path | None, image_size: int = 64) -> Path:
+    prepare(source=source, out_dir=out / "prepared", metrics_path=out / "prepare.json",
+            report_path=out / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
+            image_size=image_size, cache_dir=cache_dir)
+    return out / "prepared"
+
+
+def run_extract(prepared: Path, out: Path, cache_dir: Path | None, **backbone) -> Path:
+    options = {"backbone_name": "efficientnet_lite0", "pretrained": True, "weights": None,
+               **backbone}
+    extract(prepared_dir=prepared, features_dir=out / "features", batch_size=8,
+            cache_dir=cache_dir, **options)
+    return out / "features"
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """Counts images prepare decodes and resizes."""
+    calls: list[int] = []
+    real = stages.prepare.square_resize
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages.prepare, "square_resize", counting)
+    return calls
+
+
+@pytest.fixture
+def forwarded(monkeypatch) -> list[int]:
+    """Counts images extract sends through the network."""
+    counts: list[int] = []
+    real = stages.extract.forward_sharded
+
+    def counting(module, items, *args, **kwargs):
+        counts.append(len(items))
+        return real(module, items, *args, **kwargs)
+
+    monkeypatch.setattr(stages.extract, "forward_sharded", counting)
+    return counts
+
+
+def test_cache_folders_are_keyed_by_everything_given(tmp_path: Path) -> None:
+    one = ItemCache(tmp_path, "prepared", {"image_size": 64, "code": "a"})
+    again = ItemCache(tmp_path, "prepared", {"code": "a", "image_size": 64})
+    other = ItemCache(tmp_path, "prepared", {"image_size": 96, "code": "a"})
+    assert one.folder == again.folder != other.folder
+    assert pd.read_json(one.folder / "key.json", typ="series")["image_size"] == 64
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path: Path) -> None:
+    cache = ItemCache(tmp_path, "features", {})
+
+    def crash(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        cache.store("abc", ".npy", crash)
+    assert not cache.has("abc", ".npy")
+    assert [p.name for p in cache.folder.iterdir()] == ["key.json"]
+
+
+def test_prepare_decodes_only_new_images_and_matches_an_uncached_run(
+        datasets, tmp_path: Path, decoded: list[int]) -> None:
+    cache = tmp_path / "cache"
+    run_prepare(datasets["base"], tmp_path / "first", cache)
+    assert len(decoded) == 30
+    grown = run_prepare(datasets["grown"], tmp_path / "second", cache)
+    assert len(decoded) == 30 + 6
+    fresh = run_prepare(datasets["grown"], tmp_path / "fresh", cache_dir=None)
+    assert (grown / "manifest.csv").read_text() == (fresh / "manifest.csv").read_text()
+    for image in (fresh / "images").iterdir():
+        assert (grown / "images" / image.name).read_bytes() == image.read_bytes()
+
+
+def test_prepare_with_another_image_size_decodes_everything_again(
+        datasets, tmp_path: Path, decoded: list[int]) -> None:
+    cache = tmp_path / "cache"
+    run_prepare(datasets["base"], tmp_path / "first", cache, image_size=64)
+    run_prepare(datasets["base"], tmp_path / "second", cache, image_size=48)
+    assert len(decoded) == 60
+    assert len(list((cache / "prepared").iterdir())) == 2
+
+
+def test_extract_computes_only_new_images_and_matches_an_uncached_run(
+        datasets, tmp_path: Path, forwarded: list[int]) -> None:
+    cache = tmp_path / "cache"
+    base = run_prepare(datasets["base"], tmp_path / "base", cache)
+    grown = run_prepare(datasets["grown"], tmp_path / "grown", cache)
+    run_extract(base, tmp_path / "base", cache)
+    cached = run_extract(grown, tmp_path / "grown", cache)
+    assert forwarded == [30, 6]
+    fresh = run_extract(grown, tmp_path / "fresh", cache_dir=None)
+    for split in SPLITS:
+        one, two = load_split(fresh, split), load_split(cached, split)
+        assert np.array_equal(one.image_ids, two.image_ids)
+        assert np.array_equal(one.labels, two.labels)
+        assert np.array_equal(one.features, two.features)
+    assert (cached / "backbone.json").read_text() == (fresh / "backbone.json").read_text()
+
+
+def test_extract_recomputes_for_another_backbone_input_size_or_prepared_image(
+        datasets, tmp_path: Path, forwarded: list[int]) -> None:
+    cache = tmp_path / "cache"
+    prepared = run_prepare(datasets["base"], tmp_path / "a", cache)
+    run_extract(prepared, tmp_path / "a", cache)
+    run_extract(prepared, tmp_path / "b", cache)  # all cached
+    run_extract(prepared, tmp_path / "c", cache, pretrained=False)
+    run_extract(prepared, tmp_path / "d", cache, input_size=96)
+    resized = run_prepare(datasets["base"], tmp_path / "e", cache, image_size=48)
+    run_extract(resized, tmp_path / "e", cache)  # other pixels: other content hashes
+    assert forwarded == [30, 0, 30, 30, 30]
