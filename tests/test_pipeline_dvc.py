@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,13 +153,16 @@ def test_kill_9_during_finetune_resumes_and_matches_an_uninterrupted_run(
 
 def test_kill_9_during_extract_leaves_nothing_taken_as_valid(project: Path) -> None:
     before = _lock_hashes(project)
-    _kill_when(project, "data/.features.*.tmp", "repro", "-f", "-s", "extract")
+    # With an empty feature cache, extract opens its cache folder and then runs the
+    # network: killed there, it has written no output and no cache entry yet.
+    shutil.rmtree(project / ".cache" / "imgpipe" / "features", ignore_errors=True)
+    _kill_when(project, ".cache/imgpipe/features/*/key.json", "repro", "-f", "-s", "extract")
     result = dvc(project, "repro")  # restored from the run-cache, or re-extracted
     assert stages_run(result.stdout) | stages_restored(result.stdout) == {"extract"}
     assert _lock_hashes(project) == before
     assert "up to date" in dvc(project, "status").stdout
-    # The killed run's staging folder was never renamed into place; the next run of the
-    # stage removes it (tests/test_io.py).
+    # Outputs and cache entries are written to temporaries and renamed into place only
+    # when complete (tests/test_io.py, tests/test_cache.py).
 
 
 def test_forced_rerun_of_everything_reproduces_every_output(project: Path) -> None:

@@ -9,11 +9,15 @@ as a pyfunc. Tracking failures warn and leave the DVC outputs alone, unless
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import re
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,11 @@ def default_tracking_uri() -> str:
     DVC sets DVC_ROOT to the user's repository also for `dvc exp run --temp` and
     `--queue`, which run in a temporary copy: their runs land in the same store.
     """
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{_repository_root() / 'mlflow.db'}"
+
+
+def _repository_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def log_run(record: RunRecord, required: bool = False) -> str | None:
@@ -75,8 +82,13 @@ def log_run(record: RunRecord, required: bool = False) -> str | None:
 def _log(record: RunRecord) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri())
-    mlflow.set_experiment(record.experiment)
+    own_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(own_uri or default_tracking_uri())
+    with _sqlite_lock(mlflow.get_tracking_uri()):
+        # The default store keeps artifacts beside it; MLflow's default, ./mlruns in the
+        # working directory, is DVC's temporary copy under `--temp` and `--queue`.
+        _set_experiment(record.experiment, artifact_location=None if own_uri else
+                        (_repository_root() / "mlruns").as_uri())
     with mlflow.start_run() as run:
         mlflow.log_params({_safe(k): _param_value(v) for k, v in record.params.items()})
         mlflow.log_metrics({_safe(k): float(v) for k, v in record.metrics.items()})
@@ -92,6 +104,35 @@ def _log(record: RunRecord) -> str:
             _log_model(record)
     _logger.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
     return run.info.run_id
+
+
+@contextmanager
+def _sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock per SQLite store, shared by every process on this machine.
+
+    MLflow creates a new SQLite store's tables without a lock, so of two runs logging at
+    once into a store that does not exist yet (`dvc queue start -j 2`) one fails ("table
+    ... already exists", "duplicate column name"). Other stores, and Windows (no fcntl),
+    go without.
+    """
+    if not tracking_uri.startswith("sqlite:") or os.name == "nt":
+        yield
+        return
+    import fcntl
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"imgpipe-mlflow-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _set_experiment(name: str, artifact_location: str | None) -> None:
+    """`mlflow.set_experiment`, creating a missing experiment at `artifact_location`."""
+    import mlflow
+
+    if artifact_location is not None and mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=artifact_location)
+    mlflow.set_experiment(name)
 
 
 def _log_model(record: RunRecord) -> None:
