@@ -23,7 +23,7 @@ test: setup
 	$(PYTHON) -m pytest
 
 lint: setup
-	ruff check src tests scripts
+	ruff check src tests scripts bench
 
 dag: setup
 	dvc dag

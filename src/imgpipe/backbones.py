@@ -81,6 +81,13 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     return backbone
 
 
+def inference_trunk(backbone: Backbone) -> nn.Module:
+    """The trunk for frozen, eval-mode use (extract): BatchNorm folded where supported."""
+    if isinstance(backbone.trunk, efficientnet_lite.EfficientNetLite):
+        return efficientnet_lite.fold_batchnorm(backbone.trunk)
+    return backbone.trunk
+
+
 def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
     variant = efficientnet_lite.VARIANTS[name]
     net = efficientnet_lite.EfficientNetLite(variant)

@@ -23,7 +23,7 @@ import torchvision
 from imgpipe import backbones, data, distributed, efficientnet_lite, images, stage, transforms
 from imgpipe import weights as weights_module
 from imgpipe.backbone_info import BackboneInfo
-from imgpipe.backbones import build_backbone
+from imgpipe.backbones import build_backbone, inference_trunk
 from imgpipe.cache import ItemCache, file_digest, source_digest
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks
@@ -63,7 +63,8 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
         todo = [i for i, key in enumerate(keys) if not cache.has(key, _FEATURE_SUFFIX)]
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
-    computed = forward_sharded(backbone.trunk, [files[i] for i in todo], transform, batch_size,
+    computed = forward_sharded(inference_trunk(backbone), [files[i] for i in todo], transform,
+                               batch_size,
                                "extract", ranks, device=device, pad_last=True)
     if not ranks.main:
         return info
