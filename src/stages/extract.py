@@ -74,8 +74,9 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
     else:
         for i, row in zip(todo, computed):
             cache.store(keys[i], _FEATURE_SUFFIX, lambda path, row=row: _save_row(path, row))
-        features = np.stack([np.load(cache.path(key, _FEATURE_SUFFIX)) for key in keys]
-                            ) if keys else computed
+        cached_rows = [np.load(cache.path(key, _FEATURE_SUFFIX), allow_pickle=False)
+                       for key in keys]
+        features = np.stack(cached_rows) if cached_rows else computed
     with atomic_path(features_dir) as staging:
         staging.mkdir()
         for split in SPLITS:
