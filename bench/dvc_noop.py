@@ -1,0 +1,179 @@
+"""Target 4: a no-op `dvc repro` of the whole pipeline on an N-image dataset, against
+DVC's own no-op on a one-stage pipeline (`cp a b`), timed alternately in one run.
+
+The pipeline project is a git + DVC copy of this repository (as tests/dvc_project.py's
+make_project builds one) with `data.source` pointing at the generated dataset. Its first
+`dvc repro` reuses prepare's and extract's outputs from the cost-growth runs when their
+params match (`dvc commit` records them in dvc.lock as a repro would) and runs the other
+stages; a full repro otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.child import REPO_ROOT
+from bench.report import Check, Target
+from bench.workspace import Workspace
+from imgpipe.params import load_params
+
+_logger = logging.getLogger(__name__)
+GOAL_SECONDS, GOAL_RATIO = 3.0, 1.5
+_COPIED = ("dvc.yaml", "params.yaml", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own mlflow.db
+    env.update(GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
+               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com",
+               DVC_NO_ANALYTICS="1")
+    return env
+
+
+def run(project: Path, *args: str) -> str:
+    """Run a command in `project`; its stdout. Raises with the output on failure."""
+    result = subprocess.run(args, cwd=project, env=_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed in {project}:\n{result.stdout}\n"
+                           f"{result.stderr}")
+    return result.stdout
+
+
+def dvc(project: Path, *args: str) -> str:
+    return run(project, sys.executable, "-m", "dvc", *args)
+
+
+def _git_commit(project: Path, message: str) -> None:
+    run(project, "git", "init", "-q")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-q", "-m", message)
+
+
+def make_pipeline_project(project: Path, source: Path) -> Path:
+    """A git + DVC copy of the repository whose data.source is `source`."""
+    for name in _COPIED:
+        origin, copy = REPO_ROOT / name, project / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if origin.is_dir():
+            shutil.copytree(origin, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(origin, copy)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(source=str(source), classes=None)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git_commit(project, "pipeline project")
+    return project
+
+
+def make_baseline_project(project: Path) -> Path:
+    """A git + DVC project with one stage: `cp a b`."""
+    project.mkdir(parents=True)
+    for name in (".dvc/config", ".dvc/.gitignore"):
+        (project / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, project / name)
+    (project / "a").write_text("one line\n")
+    (project / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"copy": {"cmd": "cp a b", "deps": ["a"], "outs": ["b"]}}}))
+    _git_commit(project, "one-stage project")
+    return project
+
+
+def reuse_outputs(project: Path, workspace: Workspace, n: int) -> bool:
+    """Put the growth runs' prepare and extract outputs into `project` and record them
+    with `dvc commit`; False (and nothing recorded) when that is not possible."""
+    mine, theirs = workspace.params, load_params(project / "params.yaml")
+    if (mine.prepare, mine.backbone, mine.extract) != (
+            theirs.prepare, theirs.backbone, theirs.extract):
+        _logger.info("dvc: params.yaml changed since the growth runs; no reuse")
+        return False
+    run_dir = workspace.run_dir(n)
+    copies = {workspace.prepared(n): "data/prepared", workspace.features(n): "data/features",
+              run_dir / "metrics" / "prepare.json": "metrics/prepare.json",
+              run_dir / "metrics" / "prepare_skipped.csv": "metrics/prepare_skipped.csv"}
+    for origin, name in copies.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        if origin.is_dir():
+            shutil.copytree(origin, project / name)
+        else:
+            shutil.copy2(origin, project / name)
+    try:
+        dvc(project, "commit", "-f", "prepare", "extract")
+    except RuntimeError as error:  # e.g. dvc.yaml declares outputs these runs lack
+        _logger.warning("dvc: cannot reuse the growth outputs, full repro instead: %s", error)
+        for name in copies.values():
+            path = project / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def noop_seconds(project: Path) -> float:
+    """Wall time of one `dvc repro` that must run no stage (interpreter start included)."""
+    start = time.perf_counter()
+    output = dvc(project, "repro")
+    seconds = time.perf_counter() - start
+    ran = re.findall(r"Running stage '(\w+)'", output)
+    if ran:
+        raise RuntimeError(f"the no-op dvc repro in {project} ran {', '.join(ran)}:\n{output}")
+    return seconds
+
+
+def _passes_cache_dir() -> str:
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    passing = [name for name in ("prepare", "extract")
+               if "cache" in str(stages.get(name, {}).get("cmd", ""))]
+    return ("dvc.yaml passes a cache folder to " + " and ".join(passing) if passing
+            else "dvc.yaml passes no cache folder to prepare or extract")
+
+
+def measure(workspace: Workspace, n: int, rounds: int) -> Target:
+    target = Target(
+        name="dvc_noop",
+        goal=f"no-op `dvc repro` on {n:,} images at most {GOAL_SECONDS:g} s and at most "
+             f"{GOAL_RATIO:g}x DVC's own no-op on a one-stage pipeline",
+        unit="s",
+        checks=[Check("pipeline no-op", "<=", GOAL_SECONDS),
+                Check("ratio", "<=", GOAL_RATIO)])
+    root = workspace.root / "dvc"
+    if root.exists():
+        shutil.rmtree(root)
+    pipeline = make_pipeline_project(root / "pipeline", workspace.dataset(n))
+    baseline = make_baseline_project(root / "baseline")
+    reused = reuse_outputs(pipeline, workspace, n)
+    _logger.info("dvc: first repro of the pipeline at N=%d%s ...", n,
+                 " (prepare and extract reused)" if reused else "")
+    start = time.perf_counter()
+    dvc(pipeline, "repro")
+    first = time.perf_counter() - start
+    dvc(baseline, "repro")
+    times: dict[str, list[float]] = {"pipeline": [], "baseline": []}
+    for _ in range(rounds):
+        times["pipeline"].append(noop_seconds(pipeline))
+        times["baseline"].append(noop_seconds(baseline))
+        _logger.info("dvc no-op: pipeline %.2f s, one-stage %.2f s", times["pipeline"][-1],
+                     times["baseline"][-1])
+    pipeline_s, baseline_s = (statistics.median(t) for t in times.values())
+    target.add("pipeline no-op", pipeline_s)
+    target.add("one-stage no-op", baseline_s)
+    target.add("ratio", pipeline_s / baseline_s, "x")
+    target.notes += [
+        f"`python -m dvc repro` wall time, interpreter start included, {rounds} alternating "
+        "run(s) per project, median; each checked to run no stage.",
+        f"data.source: the generated {n:,}-image folder (outside the project); first repro "
+        f"took {first:.0f} s" + (", prepare and extract outputs reused from the cost-growth "
+                                 "runs via `dvc commit`" if reused else ", all five stages"),
+        _passes_cache_dir() + " (checked at run time).",
+    ]
+    return target

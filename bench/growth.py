@@ -1,0 +1,50 @@
+"""Cost growth (the README table) and target 5, memory flat in N, from the same runs:
+prepare, extract and train_head at each size, each in a fresh process (bench.child)."""
+
+from __future__ import annotations
+
+from bench.report import Check, Target
+from bench.workspace import Workspace
+
+GROWTH_STAGES = ("prepare", "extract", "train_head")
+MEMORY_STAGES = ("prepare", "extract")
+GOAL_RATIO = 1.5  # peak RSS at the largest N / at the smallest
+
+
+def measure_growth(workspace: Workspace, sizes: list[int]) -> dict:
+    """Wall time and peak RSS of each stage at each size, smallest size first."""
+    for n in sorted(sizes):
+        workspace.head(n)  # runs prepare and extract first
+    return {
+        "sizes": sorted(sizes),
+        "seconds": {stage: {str(n): workspace.runs[stage, n].seconds for n in sorted(sizes)}
+                    for stage in GROWTH_STAGES},
+        "peak_rss_mb": {stage: {str(n): workspace.runs[stage, n].peak_rss_mb
+                                for n in sorted(sizes)} for stage in GROWTH_STAGES},
+        "notes": "each stage function in a fresh Python process (imports excluded from the "
+                 "time, included in the memory), params.yaml defaults, an empty per-image "
+                 "cache_dir when the stage takes one (as dvc.yaml passes it); synthetic "
+                 "ImageFolder of 160-400 px JPEGs and PNGs in 10 classes",
+    }
+
+
+def measure_memory(workspace: Workspace, small: int, large: int) -> Target:
+    """Peak RSS of prepare and extract at `large` images over that at `small`."""
+    target = Target(
+        name="memory",
+        goal=f"peak RSS of prepare and extract at N = {large:,} at most {GOAL_RATIO:g}x "
+             f"the peak at N = {small:,}",
+        unit="x",
+        checks=[Check(f"{stage} ratio", "<=", GOAL_RATIO) for stage in MEMORY_STAGES])
+    for n in (small, large):
+        workspace.features(n)  # runs prepare first
+    for stage in MEMORY_STAGES:
+        peaks = [workspace.runs[stage, n].peak_rss_mb for n in (small, large)]
+        target.add(f"{stage} peak at {small:,}", peaks[0], "MiB")
+        target.add(f"{stage} peak at {large:,}", peaks[1], "MiB")
+        target.add(f"{stage} ratio", peaks[1] / peaks[0])
+    target.notes.append("peak resident set size (VmHWM) of the fresh process running the "
+                        "stage function, interpreter and imports included: what the stage "
+                        "costs as `dvc repro` runs it. Not ru_maxrss: Linux carries the "
+                        "parent's peak into a child across fork and exec.")
+    return target
