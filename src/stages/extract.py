@@ -64,19 +64,18 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
     computed = forward_sharded(inference_trunk(backbone), [files[i] for i in todo], transform,
-                               batch_size,
-                               "extract", ranks, device=device, pad_last=True)
+                               batch_size, "extract", ranks, device=device, pad_last=True)
     if not ranks.main:
         return info
-    computed = computed.reshape(len(todo), info.feature_dim).astype(np.float32)
-    if cache is None:
-        features = computed
-    else:
-        for i, row in zip(todo, computed):
-            cache.store(keys[i], _FEATURE_SUFFIX, lambda path, row=row: _save_row(path, row))
-        cached_rows = [np.load(cache.path(key, _FEATURE_SUFFIX), allow_pickle=False)
-                       for key in keys]
-        features = np.stack(cached_rows) if cached_rows else computed
+    features = np.empty((len(files), info.feature_dim), dtype=np.float32)
+    features[todo] = computed.reshape(len(todo), info.feature_dim)
+    if cache is not None:
+        computed_rows = set(todo)
+        for i, key in enumerate(keys):
+            if i in computed_rows:
+                cache.store(key, _FEATURE_SUFFIX, lambda path, i=i: _save_row(path, features[i]))
+            else:
+                features[i] = np.load(cache.path(key, _FEATURE_SUFFIX), allow_pickle=False)
     with atomic_path(features_dir) as staging:
         staging.mkdir()
         for split in SPLITS:
