@@ -8,12 +8,13 @@ smaller dataset is a subset of a larger one (hard-linked, no second copy on disk
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from imgpipe.cache import place
 
 _logger = logging.getLogger(__name__)
 NUM_CLASSES = 10
@@ -115,10 +116,7 @@ def make_dataset(root: Path, indices: range, seed: int, link_from: Path | None =
 
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(source, target)
+    place(source, target)  # a hard link, or a copy where links are not possible
 
 
 def add_images(source: Path, root: Path, new: range, seed: int) -> Path:
