@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
@@ -81,3 +82,14 @@ def test_near_dead_features_do_not_get_huge_folded_weights() -> None:
     probe = fit_linear_probe(train, val, 3, c_grid=[1.0], max_iter=500)
     typical = np.median(np.abs(probe.weight[:, :5]))
     assert np.abs(probe.weight[:, 5]).max() < 100 * max(typical, 1e-3)
+
+
+def test_the_fit_does_not_depend_on_the_callers_blas_threads() -> None:
+    """The sweep pins BLAS to one thread: the same head on any number of cores."""
+    train, val = blobs(60, 4, seed=0, spread=3.0), blobs(20, 4, seed=1, spread=3.0)
+    heads = []
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            heads.append(fit_linear_probe(train, val, 4, [0.01, 1.0], max_iter=200))
+    assert np.array_equal(heads[0].weight, heads[1].weight)
+    assert heads[0].sweep == heads[1].sweep
