@@ -32,11 +32,11 @@ def measure(workspace: Workspace, n: int) -> Target:
     k = max(1, round(NEW_SHARE * n))
     target = Target(
         name="incremental_caches",
-        goal=f"after adding k = {NEW_SHARE:.0%} of N images, re-extraction (and re-prepare) "
-             f"at most {GOAL_SHARE:.0%} of a full run",
+        goal=f"after adding k = {NEW_SHARE:.0%} of N images, prepare and extract process "
+             f"only the k new ones; re-extraction at most {GOAL_SHARE:.0%} of a full one",
         unit="incremental / full",
         checks=[Check("extract ratio", "<=", GOAL_SHARE),
-                Check("prepare ratio", "<=", GOAL_SHARE)])
+                Check("images processed again", "<=", 2 * k)])
     cached = {stage: accepts_cache_dir(stage) for stage in ("prepare", "extract")}
     workspace.features(n)  # the full runs, from an empty cache
     cache_dir, before = workspace.cache_dir(n), _cache_files(workspace.cache_dir(n))
@@ -51,14 +51,19 @@ def measure(workspace: Workspace, n: int) -> Target:
     if missing:
         target.notes.append(f"not available: {' and '.join(missing)} take(s) no `cache_dir` "
                             "keyword argument")
+    added = _cache_files(cache_dir) - before
+    target.add("images processed again", added if seconds else None, "cache files added")
     target.notes += [
         f"N = {n:,}, k = {k:,} new images. Full: the cost-growth runs at N, which start from "
         "an empty cache_dir; incremental: prepare then extract on the N + k dataset with "
         "that cache_dir and fresh output folders (DVC deletes a stage's outputs before "
         "running it), each in its own process, imports excluded.",
-        f"Files the incremental runs added to the cache: {_cache_files(cache_dir) - before} "
-        f"(2 x k = {2 * k} when each stage processed only the new images).",
-        "The 5% bar is the issue's for extraction; applied to prepare too.",
+        f"images processed again: files the incremental runs added to the cache, one per "
+        f"image each stage decoded or sent through the network (2 x k = {2 * k} when both "
+        "processed only the new images).",
+        "The 5% bar is the issue's, for extraction. prepare's ratio is higher because it still "
+        "reads and hashes all N + k source files to find the new ones (the cache is keyed by "
+        "content) and writes the manifest; it has no time bar.",
     ]
     return target
 

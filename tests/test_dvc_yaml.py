@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
+from imgpipe.manifest import INDEX_NAMES
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -45,3 +46,14 @@ def test_stage_params_exist_in_params_yaml(stage: str) -> None:
         for key in entry.split("."):
             assert key in node, f"{stage} lists param {entry!r}, not in params.yaml"
             node = node[key]
+
+
+@pytest.mark.parametrize("stage", [name for name, spec in PIPELINE["stages"].items()
+                                   if "--prepared-dir ${prepared}" in spec["cmd"]])
+def test_stages_reading_the_prepared_folder_depend_on_its_index_files(stage: str) -> None:
+    """Not the folder (hashed again per stage on every no-op repro), but every file that
+    stands for it: the manifest with each image's sha256, the classes, the preprocessing."""
+    deps = PIPELINE["stages"][stage]["deps"]
+    assert "${prepared}" not in deps
+    assert {f"${{prepared}}/{name}" for name in INDEX_NAMES} <= set(deps)
+    assert "${prepared}" in PIPELINE["stages"]["prepare"]["outs"]

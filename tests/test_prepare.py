@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from imgpipe.cache import file_digest
 from imgpipe.errors import DataError
 from imgpipe.manifest import read_classes, read_manifest
 from stages.prepare import prepare
@@ -42,6 +43,19 @@ def test_same_inputs_give_identical_outputs(digits_dir: Path, tmp_path: Path) ->
     for name in ("manifest.csv", "classes.json"):
         assert ((tmp_path / "a" / "prepared" / name).read_bytes()
                 == (tmp_path / "b" / "prepared" / name).read_bytes())
+
+
+def test_the_manifest_changes_whenever_a_prepared_image_does(digits_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Later stages depend on the manifest instead of the images (dvc.yaml): it must
+    carry each image's hash, so other pixels give another manifest."""
+    run_prepare(digits_dir, tmp_path / "a", image_size=48)
+    run_prepare(digits_dir, tmp_path / "b", image_size=40)
+    table = read_manifest(tmp_path / "a" / "prepared")
+    assert list(table["sha256"]) == [file_digest(Path(file)) for file in table["file"]]
+    other = read_manifest(tmp_path / "b" / "prepared")
+    assert list(other["image_id"]) == list(table["image_id"])  # same images, same split
+    assert not set(other["sha256"]) & set(table["sha256"])  # every file differs
 
 
 def test_bad_files_are_skipped_and_reported(digits_dir: Path, tmp_path: Path) -> None:

@@ -3,9 +3,15 @@
 Layout of the prepared folder (the `prepare` stage's output):
 
     images/<image_id>.jpg   RGB squares, named by the content id of the source file
-    manifest.csv            one row per image: image_id, file, source, label, label_index, split
+    manifest.csv            one row per image: image_id, file, source, label, label_index,
+                            split, sha256 (of the prepared file)
     classes.json            class names, index i is label_index i
     preprocess.json         how raw images were turned into these: {"image_size": N}
+
+Because the manifest holds every prepared file's hash, it changes whenever any image
+does: the later stages depend on these three small files (`INDEX_NAMES`) rather than on
+the whole folder, so a no-op `dvc repro` hashes the thousands of images once, not four
+times.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ MANIFEST_NAME = "manifest.csv"
 CLASSES_NAME = "classes.json"
 PREPROCESS_NAME = "preprocess.json"
 IMAGES_DIR = "images"
-MANIFEST_COLUMNS = ("image_id", "file", "source", "label", "label_index", "split")
+INDEX_NAMES = (MANIFEST_NAME, CLASSES_NAME, PREPROCESS_NAME)
+MANIFEST_COLUMNS = ("image_id", "file", "source", "label", "label_index", "split", "sha256")
 
 
 def read_manifest(prepared_dir: Path, split: str | None = None) -> pd.DataFrame:
@@ -29,7 +36,7 @@ def read_manifest(prepared_dir: Path, split: str | None = None) -> pd.DataFrame:
     path = prepared_dir / MANIFEST_NAME
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro prepare` first")
-    table = pd.read_csv(path, dtype={"image_id": str, "label": str, "source": str})
+    table = pd.read_csv(path, dtype={"image_id": str, "label": str, "source": str, "sha256": str})
     if split is not None:
         table = table[table["split"] == split].reset_index(drop=True)
     table["file"] = [str(prepared_dir / name) for name in table["file"]]

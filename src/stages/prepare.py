@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgpipe import images, stage
-from imgpipe.cache import ItemCache, place, source_digest
+from imgpipe.cache import ItemCache, file_digest, place, source_digest
 from imgpipe.errors import DataError
 from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
 from imgpipe.io import atomic_path, write_json
@@ -71,6 +71,7 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         table["label_index"] = [classes.index(label) for label in table["label"]]
         table["split"] = stratified_split(list(table["label"]), list(table["image_id"]),
                                           val_fraction, test_fraction, seed)
+        table["sha256"] = [file_digest(staging / name) for name in table["file"]]
         table = table.sort_values(["split", "label_index", "image_id"], ignore_index=True)
         table[list(MANIFEST_COLUMNS)].to_csv(staging / MANIFEST_NAME, index=False)
         write_json(staging / CLASSES_NAME, classes)
