@@ -18,16 +18,20 @@ import sys
 import time
 from pathlib import Path
 
+# Every row sets every key any row changes: `dvc exp run` leaves its params in the
+# workspace (staged), so a key left out would silently keep the previous row's value.
+_PRETRAINED = {"backbone.pretrained": "true", "finetune_full.bn_stats": "frozen",
+               "finetune_full.head_init": "probe"}
 RUNS = (
-    ("linear probe (`freeze=all`)", ["freeze=all"]),
-    ("`freeze=partial` (last 3 blocks)", ["freeze=partial"]),
-    ("`freeze=none`", ["freeze=none"]),
+    ("linear probe (`freeze=all`)", {"freeze": "all", **_PRETRAINED}),
+    ("`freeze=partial` (last 3 blocks)", {"freeze": "partial", **_PRETRAINED}),
+    ("`freeze=none`", {"freeze": "none", **_PRETRAINED}),
     # From scratch, BatchNorm must learn its statistics (a random network's running
     # statistics are not those of any data) and the head starts fresh: a probe on random
     # features, folded into raw-feature weights, makes the first steps explode.
-    ("`freeze=none`, random init", ["freeze=none", "backbone.pretrained=false",
-                                    "finetune_full.bn_stats=update",
-                                    "finetune_full.head_init=xavier"]),
+    ("`freeze=none`, random init", {"freeze": "none", "backbone.pretrained": "false",
+                                    "finetune_full.bn_stats": "update",
+                                    "finetune_full.head_init": "xavier"}),
 )
 
 
@@ -39,6 +43,8 @@ def main() -> None:
     parser.add_argument("--rotation", type=float, default=10.0, help="augment.rotation")
     parser.add_argument("--data", type=Path, default=Path("data/digits"))
     parser.add_argument("--only", type=int, nargs="*", help="run only these rows (1-4)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more params for every row, e.g. finetune_full.label_smoothing=0.1")
     args = parser.parse_args()
     if not args.data.exists():
         subprocess.run([sys.executable, "scripts/make_digits.py", "--out", str(args.data)],
@@ -49,7 +55,8 @@ def main() -> None:
             continue
         settings = [f"data.source={args.data}", f"finetune_full.epochs={args.epochs}",
                     f"backbone.input_size={args.input_size}",
-                    f"augment.rotation={args.rotation}", *overrides]
+                    f"augment.rotation={args.rotation}",
+                    *args.set, *[f"{key}={value}" for key, value in overrides.items()]]
         command = ["dvc", "exp", "run", *[a for s in settings for a in ("-S", s)]]
         start = time.perf_counter()
         subprocess.run(command, check=True)
