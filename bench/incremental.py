@@ -63,7 +63,7 @@ def measure(workspace: Workspace, n: int) -> Target:
         "processed only the new images).",
         "The 5% bar is the issue's, for extraction. prepare's ratio is higher because it still "
         "reads and hashes all N + k source files to find the new ones (the cache is keyed by "
-        "content) and writes the manifest; it has no time bar.",
+        "content) and hashes every prepared file for the manifest; it has no time bar.",
     ]
     return target
 
