@@ -5,7 +5,8 @@ and the backbone's identity and the class names into the features folder (see
 imgpipe.features). With `distributed.nproc_per_node` above 1 the batches are shared out
 among torchrun workers and merged in order: the same features as one process. With a
 cache folder, each image's features are also kept there under the prepared image's
-content hash and the backbone's identity, so a later run computes only new images.
+content hash (the manifest's sha256, which prepare computed) and the backbone's
+identity, so a later run computes only new images.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
     cache, keys, todo = None, [], list(range(len(files)))
     if cache_dir is not None:
         cache = ItemCache(cache_dir, "features", _cache_key(info, batch_size, device))
-        keys = [file_digest(Path(file))[:16] for file in files]
+        keys = [sha[:16] for sha in table["sha256"]]  # prepare hashed every image
         todo = [i for i, key in enumerate(keys) if not cache.has(key, _FEATURE_SUFFIX)]
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
