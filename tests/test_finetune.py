@@ -200,7 +200,8 @@ def test_label_smoothing_penalises_confident_correct_predictions() -> None:
     loader = DataLoader(TensorDataset(torch.eye(3), torch.arange(3)), batch_size=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     plain = train_epoch(model, [], loader, optimizer, "t").loss
-    smoothed = train_epoch(model, [], loader, optimizer, "t", label_smoothing=0.3).loss
+    smoothed = train_epoch(model, [], loader, optimizer, "t",
+                           criterion=nn.CrossEntropyLoss(label_smoothing=0.3)).loss
     assert plain < 1e-6 < smoothed
 
 
@@ -245,3 +246,32 @@ def test_freeze_all_with_a_fresh_head_is_refused(probed, tmp_path: Path) -> None
 
     with pytest.raises(ParamsError, match="head_init: 'xavier' with freeze=all"):
         run_finetune(probed, tmp_path, "all", head_init="xavier")
+
+
+def test_class_weights_are_inverse_train_frequencies(tmp_path: Path) -> None:
+    from stages.finetune_full import _class_weights
+
+    rows = [("train", 0)] * 6 + [("train", 1)] * 2 + [("train", 2)] * 1 + [("val", 2)] * 5
+    pd.DataFrame({"image_id": range(len(rows)), "file": "x.png", "source": "x", "label": "l",
+                  "label_index": [label for _, label in rows],
+                  "split": [split for split, _ in rows], "sha256": "0"}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    weights = _class_weights(tmp_path, 4)  # class 3 has no train image: weight as if 1
+    expected = [9 / (4 * 6), 9 / (4 * 2), 9 / (4 * 1), 9 / (4 * 1)]
+    assert weights.tolist() == pytest.approx(expected)
+
+
+def test_the_epoch_is_chosen_by_the_selected_val_score(probed, tmp_path: Path) -> None:
+    from imgpipe.scores import best_index
+
+    metrics = finetune_full(
+        prepared_dir=probed["prepared"], head_path=probed["head"],
+        model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
+        history_path=tmp_path / "history.csv", freeze="partial", backbone_params=LITE0,
+        params=FinetuneParams(trainable_blocks=1, epochs=2, batch_size=8, lr=3e-3,
+                              weight_decay=0.0, head_lr_mult=1.0), select_by="macro_f1")
+    rows = pd.read_csv(tmp_path / "history.csv").to_dict("records")
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert metrics["best_epoch"] == best_index(rows, "macro_f1")
+    assert metrics["val_macro_f1"] == max(row["val_macro_f1"] for row in rows)
+    assert all(row["val_balanced_accuracy"] <= 1 for row in rows)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -25,14 +26,21 @@ from imgpipe.distributed import ALONE, Ranks
 from imgpipe.errors import ParamsError
 from imgpipe.io import save_torch
 from imgpipe.model import ImageClassifier
+from imgpipe.scores import SelectBy, best_index, confusion, scores
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    loss: float  # mean cross-entropy per image
+    loss: float  # mean loss per image (the training criterion in train_epoch)
     accuracy: float
+    balanced_accuracy: float  # mean per-class recall
+    macro_f1: float
+
+    def row(self, split: str) -> dict[str, float]:
+        """History columns: `<split>_loss`, `<split>_accuracy`, ..."""
+        return {f"{split}_{name}": value for name, value in vars(self).items()}
 
 
 def set_trainable(model: ImageClassifier, backbone: Backbone, freeze: str,
@@ -90,7 +98,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
                 optimizer: torch.optim.Optimizer, desc: str, bn_stats: str = "update",
                 schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                label_smoothing: float = 0.0, device: torch.device | None = None,
+                criterion: nn.Module | None = None, device: torch.device | None = None,
                 scaler: torch.amp.GradScaler | None = None) -> EpochResult:
     """One pass over `loader` (this worker's share of it, under torchrun).
 
@@ -98,9 +106,10 @@ def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
     `bn_stats="frozen"` every BatchNorm layer normalises with its running statistics
     (its affine weights still train): small fine-tuning batches then cannot shift the
     features away from those the linear probe was fitted on. An enabled `scaler` means
-    float16 mixed precision (CUDA).
+    float16 mixed precision (CUDA). `criterion` defaults to plain cross-entropy.
     """
     device = device or torch.device("cpu")
+    criterion = criterion or nn.CrossEntropyLoss()
     mixed = scaler is not None and scaler.is_enabled()
     model.train()
     for module in frozen:
@@ -109,12 +118,12 @@ def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, counts = 0.0, None
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2.0):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, enabled=mixed):
             logits = model(images)
-            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if mixed:
             scaler.scale(loss).backward()
@@ -126,9 +135,8 @@ def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
         if schedule is not None:
             schedule.step()  # per step: warmup and decay are in steps
         loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-    return _result(loss_sum, correct, seen)
+        counts = _count(counts, labels, logits)
+    return _result(loss_sum, counts)
 
 
 def evaluate_epoch(model: nn.Module, loader: DataLoader,
@@ -136,20 +144,28 @@ def evaluate_epoch(model: nn.Module, loader: DataLoader,
     """Mean loss and accuracy over `loader`; under torchrun, over every worker's share."""
     device = device or torch.device("cpu")
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, counts = 0.0, None
     with torch.inference_mode():
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images).float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-    return _result(loss_sum, correct, seen)
+            counts = _count(counts, labels, logits)
+    return _result(loss_sum, counts)
 
 
-def _result(loss_sum: float, correct: int, seen: int) -> EpochResult:
-    loss_sum, correct, seen = distributed.sum_across([loss_sum, correct, seen])
-    return EpochResult(loss_sum / seen, correct / seen)
+def _count(counts: np.ndarray | None, labels: torch.Tensor,
+           logits: torch.Tensor) -> np.ndarray:
+    """Add one batch to the (C, C) confusion counts."""
+    batch = confusion(labels.cpu().numpy(), logits.argmax(1).cpu().numpy(), logits.shape[1])
+    return batch if counts is None else counts + batch
+
+
+def _result(loss_sum: float, counts: np.ndarray) -> EpochResult:
+    """Loss and scores over every worker's share (counts summed, then scored)."""
+    loss_sum, *flat = distributed.sum_across([loss_sum, *counts.ravel().tolist()])
+    matrix = np.asarray(flat).reshape(counts.shape)
+    return EpochResult(float(loss_sum / matrix.sum()), **scores(matrix))
 
 
 @dataclass
@@ -164,10 +180,12 @@ class Progress:
 def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLoader,
         val_loader: DataLoader, optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int, bn_stats: str,
-        progress: Progress, checkpoint: Path | None, label_smoothing: float = 0.0,
-        patience: int = 0, device: torch.device | None = None, ranks: Ranks = ALONE,
+        progress: Progress, checkpoint: Path | None, criterion: nn.Module | None = None,
+        select_by: SelectBy = "accuracy", patience: int = 0,
+        device: torch.device | None = None, ranks: Ranks = ALONE,
         scaler: torch.amp.GradScaler | None = None) -> Progress:
-    """Train up to `epochs`, keeping the best-on-val weights (higher accuracy, then loss).
+    """Train up to `epochs`, keeping the best-on-val weights (higher `select_by`, then
+    lower loss; scores.best_index).
 
     `train_loader` must draw from a `DistributedSampler` (one replica when alone): its
     order depends only on the seed and the epoch. Stops early after `patience` epochs
@@ -191,16 +209,14 @@ def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLo
             break
         sampler.set_epoch(epoch)
         trained = train_epoch(net, frozen, train_loader, optimizer, f"epoch {epoch}",
-                              bn_stats=bn_stats, schedule=schedule,
-                              label_smoothing=label_smoothing, device=device, scaler=scaler)
+                              bn_stats=bn_stats, schedule=schedule, criterion=criterion,
+                              device=device, scaler=scaler)
         val = evaluate_epoch(model, val_loader, device)
-        progress.history.append({"epoch": epoch, "train_loss": trained.loss,
-                                 "train_accuracy": trained.accuracy, "val_loss": val.loss,
-                                 "val_accuracy": val.accuracy})
-        _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f loss %.4f", epoch,
-                     trained.accuracy, trained.loss, val.accuracy, val.loss)
-        if (val.accuracy, -val.loss) > (progress.best["val_accuracy"],
-                                        -progress.best["val_loss"]):
+        progress.history.append({"epoch": epoch, **trained.row("train"), **val.row("val")})
+        _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f bal acc %.4f "
+                     "macro-F1 %.4f loss %.4f", epoch, trained.accuracy, trained.loss,
+                     val.accuracy, val.balanced_accuracy, val.macro_f1, val.loss)
+        if best_index([progress.best, progress.history[-1]], select_by) == 1:
             progress.best_state = copy.deepcopy(model.state_dict())
             progress.best = progress.history[-1]
         if checkpoint is not None:

@@ -26,6 +26,7 @@ from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError, ParamsError
 from imgpipe.features import FeatureSet
 from imgpipe.io import save_torch
+from imgpipe.scores import SelectBy, best_index, confusion, scores
 
 _logger = logging.getLogger(__name__)
 _SCALE_FLOOR = 0.1  # fraction of the median feature std below which a std is raised
@@ -36,6 +37,8 @@ class SweepPoint:
     c: float
     train_accuracy: float
     val_accuracy: float
+    val_balanced_accuracy: float
+    val_macro_f1: float
     val_loss: float
 
 
@@ -43,6 +46,8 @@ class SweepPoint:
 class LinearProbe:
     weight: np.ndarray  # (C, D), acts on raw (unstandardised) features
     bias: np.ndarray  # (C,)
+    mean: np.ndarray  # (D,) train feature mean, the standardisation folded into weight/bias
+    scale: np.ndarray  # (D,) train feature std (floored)
     best_c: float
     sweep: list[SweepPoint]
 
@@ -52,8 +57,14 @@ class LinearProbe:
 
 
 def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
-                     c_grid: list[float], max_iter: int) -> LinearProbe:
-    """Fit one probe per C, keep the best on val (accuracy, then lower val loss)."""
+                     c_grid: list[float], max_iter: int, select_by: SelectBy = "accuracy",
+                     class_balance: str = "none") -> LinearProbe:
+    """Fit one probe per C, keep the best on val (`select_by`, then lower val loss).
+
+    With `class_balance="weights"` each class weighs in the loss in inverse proportion to
+    its train count (sklearn's `class_weight="balanced"`): a rare class costs as much in
+    total as a frequent one.
+    """
     if len(np.unique(train.labels)) < 2:
         raise DataError("the train split holds fewer than two classes: nothing to learn")
     features = train.features.astype(np.float64)
@@ -74,7 +85,8 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
     # is unique for every C, so results move only within the solver's tolerance; that is
     # visible at large C on separable features, where the objective is nearly flat and
     # the fit may stop at once at the previous C's solution.
-    solver = LogisticRegression(max_iter=max_iter, warm_start=True)
+    solver = LogisticRegression(max_iter=max_iter, warm_start=True,
+                                class_weight="balanced" if class_balance == "weights" else None)
     for c in sorted(c_grid):
         # One BLAS thread: these products are too small to split (two threads were 5x
         # slower when other work shared the cores), and the fit no longer depends on the
@@ -86,23 +98,29 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
             _logger.warning("C=%g did not converge in %d iterations; raise train_head.max_iter",
                             c, max_iter)
         val_proba = _full_proba(fit, val_x, num_classes)
+        val_scores = scores(confusion(val.labels, classes[val_proba.argmax(1)], num_classes))
         sweep.append(SweepPoint(
             c=c,
             train_accuracy=float((fit.predict(train_x) == train.labels).mean()),
-            val_accuracy=float((classes[val_proba.argmax(1)] == val.labels).mean()),
+            val_accuracy=val_scores["accuracy"],
+            val_balanced_accuracy=val_scores["balanced_accuracy"],
+            val_macro_f1=val_scores["macro_f1"],
             val_loss=float(log_loss(val.labels, val_proba, labels=classes)),
         ))
         fits[c] = fit
-        _logger.info("C=%-8g train acc %.4f  val acc %.4f  val loss %.4f", c,
-                     sweep[-1].train_accuracy, sweep[-1].val_accuracy, sweep[-1].val_loss)
-    best = best_point(sweep)
+        _logger.info("C=%-8g train acc %.4f  val acc %.4f  bal acc %.4f  macro-F1 %.4f  "
+                     "val loss %.4f", c, sweep[-1].train_accuracy, sweep[-1].val_accuracy,
+                     sweep[-1].val_balanced_accuracy, sweep[-1].val_macro_f1,
+                     sweep[-1].val_loss)
+    best = best_point(sweep, select_by)
     weight, bias = _fold_standardisation(fits[best.c], mean, scale, num_classes)
-    return LinearProbe(weight, bias, best.c, sweep)
+    return LinearProbe(weight, bias, mean.astype(np.float32), scale.astype(np.float32),
+                       best.c, sweep)
 
 
-def best_point(sweep: list[SweepPoint]) -> SweepPoint:
-    """Highest val accuracy; among equals, the lowest val loss."""
-    return max(sweep, key=lambda p: (p.val_accuracy, -p.val_loss))
+def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> SweepPoint:
+    """Highest val `select_by`; among equals, the lowest val loss, then the smallest C."""
+    return sweep[best_index([asdict(point) for point in sweep], select_by)]
 
 
 def _full_proba(fit: LogisticRegression, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -128,6 +146,7 @@ def _fold_standardisation(fit: LogisticRegression, mean: np.ndarray, scale: np.n
 
 def save_head(path: Path, probe: LinearProbe, classes: list[str], info: BackboneInfo) -> None:
     payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
+               "mean": torch.from_numpy(probe.mean), "scale": torch.from_numpy(probe.scale),
                "classes": list(classes), "backbone": asdict(info), "c": probe.best_c}
     save_torch(path, payload)
 
@@ -143,6 +162,56 @@ def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
         head.weight.copy_(weight)
         head.bias.copy_(payload["bias"])
     return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])
+
+
+def load_standardisation(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train feature mean and std (each (D,)) that the saved probe was fitted on."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "mean" not in payload or "scale" not in payload:
+        raise DataError(f"{path} predates the stored feature standardisation: run "
+                        "`dvc repro -f -s train_head` to refit it")
+    return payload["mean"], payload["scale"]
+
+
+class StandardizedLinear(nn.Module):
+    """logits (B, C) = linear((features (B, D) - mean) / scale): the probe's own space.
+
+    The saved probe folds the standardisation into raw-feature weights (w / s), which is
+    exact for inference but a poor space to train in: Adam moves every weight by about
+    the learning rate per step whatever its scale, so on raw features a step shifts each
+    logit by lr x the sum of the feature means (lite0's pooled features are all
+    positive), and the first steps of fine-tuning undo the fitted probe. Here mean and
+    scale are fixed buffers and the trained weights see zero-mean, unit-variance inputs.
+    """
+
+    def __init__(self, linear: nn.Linear, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("scale", scale.detach().clone().float())
+
+    @classmethod
+    def from_raw(cls, head: nn.Linear, mean: torch.Tensor,
+                 scale: torch.Tensor) -> StandardizedLinear:
+        """The same function as `head` (on raw features), re-expressed on standardised ones."""
+        linear = nn.Linear(head.in_features, head.out_features)
+        with torch.no_grad():
+            weight = head.weight.double()
+            linear.weight.copy_(weight * scale.double())
+            linear.bias.copy_(head.bias.double() + weight @ mean.double())
+        return cls(linear, mean, scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.scale)
+
+    def folded(self) -> nn.Linear:
+        """An `nn.Linear` on raw features computing the same logits (the model file's head)."""
+        head = nn.Linear(self.linear.in_features, self.linear.out_features)
+        with torch.no_grad():
+            weight = self.linear.weight.double() / self.scale.double()
+            head.weight.copy_(weight)
+            head.bias.copy_(self.linear.bias.double() - weight @ self.mean.double())
+        return head.to(self.linear.weight.device)
 
 
 def init_head(head: nn.Linear, mode: str, classes: list[str], imagenet_rows: dict[str, int],

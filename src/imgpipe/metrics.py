@@ -1,11 +1,17 @@
-"""Test metrics: accuracy, macro-F1, per-class precision/recall, the confusion matrix."""
+"""Test metrics: accuracy, balanced accuracy, macro-F1, per-class precision and recall,
+the confusion matrix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from imgpipe.io import atomic_path
 
@@ -18,6 +24,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
         y_true, y_pred, labels=labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1.mean()),
         "images": len(y_true),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),

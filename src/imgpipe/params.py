@@ -21,6 +21,8 @@ import yaml
 from imgpipe.errors import ParamsError
 
 FreezeMode = Literal["all", "partial", "none"]
+SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]  # scores.scores() keys
+ClassBalance = Literal["none", "weights"]
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false",
                str: "a non-empty string"}
 
@@ -183,6 +185,8 @@ class Params:
     evaluate: EvaluateParams
     tracking: TrackingParams
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the networks run
+    select_by: SelectBy = "accuracy"  # val score that picks the probe's C and the epoch
+    class_balance: ClassBalance = "none"  # weights: loss weighted by inverse class frequency
     distributed: DistributedParams = dataclasses.field(default_factory=DistributedParams)
 
 

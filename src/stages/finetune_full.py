@@ -31,12 +31,19 @@ from imgpipe.data import ImageDataset
 from imgpipe.distributed import ALONE, Ranks
 from imgpipe.errors import DataError, ParamsError
 from imgpipe.finetune import Progress, evaluate_epoch, fit, parameter_counts, set_trainable
-from imgpipe.head import init_head, load_head
+from imgpipe.head import StandardizedLinear, init_head, load_head, load_standardisation
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
 from imgpipe.optim import make_optimizer, make_schedule
-from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams, load_params
+from imgpipe.params import (
+    AugmentParams,
+    BackboneParams,
+    ClassBalance,
+    FinetuneParams,
+    SelectBy,
+    load_params,
+)
 from imgpipe.transforms import eval_transform, train_transform
 
 _logger = logging.getLogger(__name__)
@@ -46,8 +53,14 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                   history_path: Path, freeze: str, backbone_params: BackboneParams,
                   params: FinetuneParams, augment: AugmentParams | None = None,
                   checkpoint_dir: Path | None = None, device: torch.device | None = None,
-                  ranks: Ranks = ALONE) -> dict:
+                  ranks: Ranks = ALONE, select_by: SelectBy = "accuracy",
+                  class_balance: ClassBalance = "none") -> dict:
     """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model.
+
+    The head trains in the probe's standardised feature space (StandardizedLinear) and is
+    folded back into one raw-feature `nn.Linear` for the model file. The best epoch is
+    the one with the highest val `select_by`; `class_balance="weights"` weighs each
+    image's loss by the inverse frequency of its class in train.
 
     With `checkpoint_dir`, training state is saved there after every epoch and an
     interrupted run with the same params, head and data resumes from it. Collective
@@ -75,7 +88,8 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                           "leave an untrained head; use head_init: probe, or freeze partial/none")
     init_head(head, params.head_init, classes, params.imagenet_rows, params.negative_class,
               backbone.imagenet_head)
-    model = ImageClassifier(backbone.trunk, head).to(device)
+    model = ImageClassifier(backbone.trunk, StandardizedLinear.from_raw(
+        head, *load_standardisation(head_path))).to(device)
     frozen = set_trainable(model, backbone, freeze, params.trainable_blocks,
                            params.trainable_patterns)
     counts = parameter_counts(model)
@@ -85,8 +99,7 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
     val_loader = _loader(prepared_dir, "val", eval_transform(
         backbone.input_size, backbone.mean, backbone.std), params.batch_size, ranks)
     start = evaluate_epoch(model, val_loader, device)
-    history = [{"epoch": 0, "train_loss": None, "train_accuracy": None,
-                "val_loss": start.loss, "val_accuracy": start.accuracy}]
+    history = [{"epoch": 0, **{key: None for key in start.row("train")}, **start.row("val")}]
     progress = Progress(history, copy.deepcopy(model.state_dict()), history[0])
     _logger.info("epoch 0 (linear probe): val acc %.4f  val loss %.4f", start.accuracy,
                  start.loss)
@@ -98,22 +111,29 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
             backbone.input_size, backbone.mean, backbone.std, **asdict(augment)),
             params.batch_size, ranks, shuffle_seed=params.seed)
         optimizer = make_optimizer(model, params)
+        criterion = torch.nn.CrossEntropyLoss(
+            weight=_class_weights(prepared_dir, len(classes)) if class_balance == "weights"
+            else None, label_smoothing=params.label_smoothing).to(device)
         schedule = make_schedule(optimizer, params, steps_per_epoch=len(train_loader))
         key = _run_key(freeze, backbone_params, params, augment, head_path, prepared_dir)
         checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"finetune-{key}.pt"
         progress = fit(model, frozen, train_loader=train_loader, val_loader=val_loader,
                        optimizer=optimizer, schedule=schedule, epochs=params.epochs,
                        bn_stats=params.bn_stats, progress=progress, checkpoint=checkpoint,
-                       label_smoothing=params.label_smoothing, patience=params.patience,
+                       criterion=criterion, select_by=select_by, patience=params.patience,
                        device=device, ranks=ranks,
                        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"))
     best_state, best, history = progress.best_state, progress.best, progress.history
     metrics = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-               "val_loss": best["val_loss"], "params_trainable": counts["trainable"],
-               "params_total": counts["total"]}
+               "val_balanced_accuracy": best["val_balanced_accuracy"],
+               "val_macro_f1": best["val_macro_f1"], "val_loss": best["val_loss"],
+               "params_trainable": counts["trainable"], "params_total": counts["total"]}
     if not ranks.main:
         return metrics
     model.load_state_dict(best_state)
+    # The model file's head acts on raw features. Epoch 0 keeps the starting head to the
+    # bit (a float32 round trip through the standardised space is not exact).
+    model.head = head.to(device) if best["epoch"] == 0 else model.head.folded()
     save_model(model_path, model, classes=classes, info=info,
                extra={"freeze": freeze, "best_epoch": best["epoch"],
                       "preprocess": read_preprocess(prepared_dir)})
@@ -124,6 +144,13 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # done: nothing left to resume
     return metrics
+
+
+def _class_weights(prepared_dir: Path, num_classes: int) -> torch.Tensor:
+    """n / (classes x n_class) per class, from the train split (sklearn's "balanced")."""
+    labels = read_manifest(prepared_dir, "train")["label_index"].to_numpy()
+    counts = torch.bincount(torch.from_numpy(labels), minlength=num_classes).double()
+    return (len(labels) / (num_classes * counts.clamp(min=1))).float()
 
 
 def _run_key(freeze: str, backbone_params: BackboneParams, params: FinetuneParams,
@@ -179,7 +206,8 @@ def main() -> None:
                           history_path=args.history, freeze=params.freeze,
                           backbone_params=params.backbone, params=params.finetune_full,
                           augment=params.augment, checkpoint_dir=args.checkpoint_dir,
-                          device=device, ranks=ranks)
+                          device=device, ranks=ranks, select_by=params.select_by,
+                          class_balance=params.class_balance)
 
     stage.run("finetune_full", body)
 

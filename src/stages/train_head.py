@@ -18,27 +18,31 @@ from imgpipe.features import load_backbone_info, load_split
 from imgpipe.head import fit_linear_probe, save_head
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import read_classes
-from imgpipe.params import load_params
+from imgpipe.params import ClassBalance, SelectBy, load_params
 
 _logger = logging.getLogger(__name__)
 
 
 def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
-               sweep_path: Path, c_grid: list[float], max_iter: int) -> dict:
+               sweep_path: Path, c_grid: list[float], max_iter: int,
+               select_by: SelectBy = "accuracy", class_balance: ClassBalance = "none") -> dict:
     """Fit and save the probe; returns the metrics written to `metrics_path`."""
     classes = read_classes(features_dir)
     train, val = load_split(features_dir, "train"), load_split(features_dir, "val")
     _logger.info("linear probe: %d parameters (%d classes x %d features + biases), fitted on "
                  "%d cached train features", len(classes) * (train.features.shape[1] + 1),
                  len(classes), train.features.shape[1], len(train.labels))
-    probe = fit_linear_probe(train, val, len(classes), c_grid, max_iter)
+    probe = fit_linear_probe(train, val, len(classes), c_grid, max_iter, select_by,
+                             class_balance)
     save_head(head_path, probe, classes, load_backbone_info(features_dir))
     with atomic_path(sweep_path) as temporary:
         pd.DataFrame([asdict(point) for point in probe.sweep]).to_csv(temporary, index=False)
-    metrics = {"best_c": probe.best_c, "train_accuracy": probe.best.train_accuracy,
-               "val_accuracy": probe.best.val_accuracy, "val_loss": probe.best.val_loss}
+    metrics = {"best_c": probe.best_c, **asdict(probe.best)}
+    del metrics["c"]
     write_json(metrics_path, metrics)
-    _logger.info("chose C=%g: val accuracy %.4f", probe.best_c, probe.best.val_accuracy)
+    _logger.info("chose C=%g by val %s: val accuracy %.4f, balanced accuracy %.4f, "
+                 "macro-F1 %.4f", probe.best_c, select_by, probe.best.val_accuracy,
+                 probe.best.val_balanced_accuracy, probe.best.val_macro_f1)
     return metrics
 
 
@@ -54,7 +58,8 @@ def main() -> None:
         params = load_params()
         train_head(features_dir=args.features_dir, head_path=args.head,
                    metrics_path=args.metrics, sweep_path=args.sweep,
-                   c_grid=params.train_head.c_grid, max_iter=params.train_head.max_iter)
+                   c_grid=params.train_head.c_grid, max_iter=params.train_head.max_iter,
+                   select_by=params.select_by, class_balance=params.class_balance)
 
     stage.run("train_head", body)
 
