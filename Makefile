@@ -1,5 +1,6 @@
-# The front door: `make repro` runs the pipeline, `make test` runs the test suite.
-# Both create .venv from the lock file first, when needed.
+# The front door: `make repro` runs the pipeline, `make test` runs the test suite,
+# `make check-repro` reproduces the pipeline and compares it with the committed results.
+# All of them create .venv from the lock file first, when needed.
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -15,7 +16,7 @@ PIP_CONSTRAINT_FILE := $(shell python3 -m pip config list 2>/dev/null | sed -n "
 # dvc.yaml runs `python ...`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup lock repro test lint dag sample
+.PHONY: setup lock repro check-repro test lint dag sample
 
 setup: $(INSTALLED)
 
@@ -39,6 +40,11 @@ lock:
 
 repro: setup
 	dvc repro
+
+# Runs `dvc repro`, then compares outputs and metrics with the committed ones (README,
+# Reproducibility). CHECK_REPRO_ARGS=--restore puts committed files back after a pass.
+check-repro: setup
+	$(PYTHON) scripts/check_repro.py $(CHECK_REPRO_ARGS)
 
 test: setup
 	$(PYTHON) -m pytest
