@@ -43,20 +43,34 @@ def test_lock_hashes_lists_every_output() -> None:
 def test_an_exact_output_with_other_bytes_fails_and_a_tolerant_one_is_reported() -> None:
     committed = {"models/head.pt": "1" * 32, "models/other.pt": "2" * 32, "same": "x"}
     reproduced = {"models/head.pt": "3" * 32, "models/other.pt": "4" * 32, "same": "x"}
-    rows = compare_hashes(committed, reproduced, exact=("models/head.pt",), skip=set())
+    rows = compare_hashes(committed, reproduced, exact={"models/head.pt": ()}, skip=set())
     assert [(r.output, r.committed, r.reproduced, r.ok) for r in rows] == [
         ("models/head.pt", "1" * 12, "3" * 12, False),
         ("models/other.pt", "2" * 12, "4" * 12, True)]
 
 
+def test_the_head_must_match_only_when_its_features_did() -> None:
+    exact = {"models/head.pt": ("data/features",)}
+    committed = {"data/features": "f1", "models/head.pt": "h1"}
+    same_features = compare_hashes(committed, {"data/features": "f1", "models/head.pt": "h2"},
+                                   exact=exact, skip=set())
+    assert [(r.output, r.ok) for r in same_features] == [("models/head.pt", False)]
+    assert same_features[0].tolerance == "bit for bit (data/features matched)"
+    other_features = compare_hashes(committed, {"data/features": "f2", "models/head.pt": "h2"},
+                                    exact=exact, skip=set())
+    assert [(r.output, r.ok) for r in other_features] == [("data/features", True),
+                                                          ("models/head.pt", True)]
+
+
 def test_metrics_files_are_compared_by_value_not_by_hash() -> None:
-    rows = compare_hashes({"metrics/a.json": "1"}, {"metrics/a.json": "2"}, exact=(),
+    rows = compare_hashes({"metrics/a.json": "1"}, {"metrics/a.json": "2"}, exact={},
                           skip={"metrics/a.json"})
     assert rows == []
 
 
 def test_a_missing_output_fails_when_it_must_be_exact() -> None:
-    [row] = compare_hashes({"models/head.pt": "abc"}, {}, exact=("models/head.pt",), skip=set())
+    [row] = compare_hashes({"models/head.pt": "abc"}, {}, exact={"models/head.pt": ()},
+                           skip=set())
     assert (row.reproduced, row.ok) == ("missing", False)
 
 
@@ -121,7 +135,7 @@ def test_the_checked_files_and_exact_outputs_are_those_dvc_yaml_declares() -> No
     resolved = {out.replace("${prepared}", "data/prepared").replace("${features}", "data/features")
                 .replace("${head}", "models/head.pt").replace("${model}", "models/model.pt")
                 for out in outs}
-    assert set(EXACT_OUTPUTS) <= resolved
+    assert set(EXACT_OUTPUTS) | {g for given in EXACT_OUTPUTS.values() for g in given} <= resolved
 
 
 @pytest.mark.parametrize("key", ["metrics/finetune_full.json:val_loss",
