@@ -196,7 +196,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     repo = Path.cwd()
     if not args.no_repro:
-        subprocess.run([sys.executable, "-m", "dvc", "repro"], check=True)
+        status = subprocess.run([sys.executable, "-m", "dvc", "repro"]).returncode
+        if status != 0:
+            sys.exit(f"check-repro: dvc repro failed (exit status {status}); its output above "
+                     "names the stage and the error")
     rows, changed = check(repo)
     if rows:
         _logger.info("%s", format_table(rows))

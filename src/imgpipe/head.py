@@ -38,9 +38,10 @@ from imgpipe.io import save_torch
 _logger = logging.getLogger(__name__)
 _SCALE_FLOOR = 0.1  # fraction of the median feature std below which a std is raised
 # Coefficients on standardised features are rounded to 10**-COEF_DECIMALS. Fits under
-# other BLAS kernels part by at most 1.4e-9 (digits features, C=10; 3e-14 on the sample),
-# so the grid is 10^5 times coarser; on features of unit variance, 1,280 roundings of
-# <= 5e-5 move a logit by ~1e-3 (rms), below the solver's own tolerance.
+# other BLAS, numpy and libm kernels part by at most 1e-11 (digits features, 1,259 x
+# 1,280; 1e-13 on the sample), 10^7 times finer than the grid; on features of unit
+# variance, 1,280 roundings of <= 5e-5 move a logit by ~1e-3 (rms), below the solver's
+# own tolerance.
 COEF_DECIMALS = 4
 # Written metrics are rounded to this many decimals: one grid step of a coefficient moves
 # a loss by ~1e-6, and last-bit differences of exp/log between CPUs by ~1e-16.
@@ -80,10 +81,10 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
     scale = features.std(axis=0)
     scale = np.maximum(scale, _SCALE_FLOOR * max(float(np.median(scale)), 1e-12))
     # Fitted in float64: in float32, fits under two BLAS kernels ended 5e-5 apart, as
-    # coarse as any grid that keeps the head's meaning; in float64, 1e-16 to 1e-9 apart,
+    # coarse as any grid that keeps the head's meaning; in float64, at most 1e-11 apart,
     # in the same time. sklearn's default tolerance on purpose: tighter ones (1e-7,
-    # 1e-10) take more iterations, and the paths part further (up to 1e-5) the longer
-    # they run, until the stopping test itself becomes noise.
+    # 1e-10) take more iterations, and the paths part further (4e-6 at C=100) the
+    # longer they run, until the stopping test itself becomes noise.
     train_x = (features - mean) / scale  # (N, D)
     val_x = (val.features.astype(np.float64) - mean) / scale
     rows, sweep = {}, []
