@@ -48,7 +48,7 @@ EXACT_OUTPUTS: dict[str, tuple[str, ...]] = {
 # (key regex, absolute tolerance): the first match wins. Keys are `file:key.path` for JSON
 # and `file:column[row]` for CSV.
 TOLERANCES: tuple[tuple[str, float], ...] = (
-    (r"loss", 1e-4),  # float noise of exp/log and BLAS kernels, measured < 1e-5
+    (r"loss", 2e-4),  # float noise measured < 1e-5, plus one step where written to 4 decimals
     (r"probability", 1e-3),  # evaluate writes 4 decimals; below 0.1 point means nothing
     (r".", 1e-6),  # accuracies, F1s, counts, C: the same predictions give the same numbers
 )

@@ -76,11 +76,11 @@ def test_a_missing_output_fails_when_it_must_be_exact() -> None:
 
 def test_losses_pass_within_their_tolerance_and_fail_beyond() -> None:
     tolerance = tolerance_for("metrics/train_head.json:val_loss")
-    assert tolerance == 1e-4
+    assert tolerance == 2e-4
     committed = {"m.json:val_loss": 0.1980, "m.json:best.val_loss": 0.3}
-    reproduced = {"m.json:val_loss": 0.1980 + 0.5 * tolerance, "m.json:best.val_loss": 0.31}
+    reproduced = {"m.json:val_loss": 0.1981, "m.json:best.val_loss": 0.31}  # one 4-dp step
     rows = {row.output: row for row in compare_values(committed, reproduced)}
-    assert rows["m.json:val_loss"].ok and rows["m.json:val_loss"].diff == "+5.00e-05"
+    assert rows["m.json:val_loss"].ok and rows["m.json:val_loss"].diff == "+1.00e-04"
     assert not rows["m.json:best.val_loss"].ok
 
 
@@ -114,13 +114,13 @@ def test_json_and_csv_become_keyed_values() -> None:
 
 
 def test_the_table_names_every_column_and_the_verdict() -> None:
-    table = format_table([Row("metrics/x.json:val_loss", "0.198", "0.1982", "+2.00e-04",
-                              "0.0001", False)])
+    table = format_table([Row("metrics/x.json:val_loss", "0.198", "0.1983", "+3.00e-04",
+                              "0.0002", False)])
     header, line = table.splitlines()
     assert header.split() == ["output", "committed", "reproduced", "diff", "tolerance",
                               "verdict"]
-    assert line.split() == ["metrics/x.json:val_loss", "0.198", "0.1982", "+2.00e-04",
-                            "0.0001", "FAIL"]
+    assert line.split() == ["metrics/x.json:val_loss", "0.198", "0.1983", "+3.00e-04",
+                            "0.0002", "FAIL"]
 
 
 def test_the_checked_files_and_exact_outputs_are_those_dvc_yaml_declares() -> None:
@@ -141,4 +141,4 @@ def test_the_checked_files_and_exact_outputs_are_those_dvc_yaml_declares() -> No
 @pytest.mark.parametrize("key", ["metrics/finetune_full.json:val_loss",
                                  "metrics/plots/finetune_history.csv:train_loss[3]"])
 def test_every_loss_column_gets_the_loss_tolerance(key: str) -> None:
-    assert tolerance_for(key) == 1e-4
+    assert tolerance_for(key) == 2e-4
