@@ -150,13 +150,13 @@ def format_table(rows: list[Row]) -> str:
                      for row in cells)
 
 
-def metrics_files(dvc_yaml: dict) -> list[str]:
-    """Every JSON or CSV metrics and plots file that dvc.yaml's stages declare."""
+def metrics_files(dvc_yaml: dict, suffixes: tuple[str, ...] = (".json", ".csv")) -> list[str]:
+    """Every metrics and plots file that dvc.yaml's stages declare, with these suffixes."""
     files = []
     for stage in dvc_yaml["stages"].values():
         for entry in [*stage.get("metrics", []), *stage.get("plots", [])]:
             path = next(iter(entry)) if isinstance(entry, dict) else entry
-            if path.endswith((".json", ".csv")):
+            if path.endswith(suffixes):
                 files.append(path)
     return files
 
@@ -207,14 +207,24 @@ def main() -> None:
     if failed:
         sys.exit(f"check-repro: {len(failed)} of the differences above are out of tolerance "
                  "(FAIL): the pipeline does not reproduce the committed results")
-    if not changed:
+    if changed:
+        _logger.info("check-repro: %s differ within tolerance; commit nothing",
+                     ", ".join(changed))
+    else:
         _logger.info("check-repro: every output and metric is identical to HEAD")
-        return
-    _logger.info("check-repro: %s differ within tolerance; commit nothing", ", ".join(changed))
     if args.restore:
-        subprocess.run(["git", "checkout", "HEAD", "--", *changed], check=True)
-        _logger.info("restored the committed %s", ", ".join(changed))
+        restore(repo)
 
+
+def restore(repo: Path) -> None:
+    """Put back dvc.lock and every declared metrics and plots file (PNGs too) git sees changed."""
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))
+    tracked = ["dvc.lock", *metrics_files(dvc_yaml, suffixes=("",))]
+    modified = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *tracked],
+                              capture_output=True, text=True, check=True, cwd=repo).stdout.split()
+    if modified:
+        subprocess.run(["git", "checkout", "HEAD", "--", *modified], check=True, cwd=repo)
+        _logger.info("restored the committed %s", ", ".join(modified))
 
 if __name__ == "__main__":
     main()

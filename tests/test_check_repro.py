@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from check_repro import (
@@ -13,6 +15,7 @@ from check_repro import (
     format_table,
     lock_hashes,
     metrics_files,
+    restore,
     table_values,
     tolerance_for,
 )
@@ -142,3 +145,22 @@ def test_the_checked_files_and_exact_outputs_are_those_dvc_yaml_declares() -> No
                                  "metrics/plots/finetune_history.csv:train_loss[3]"])
 def test_every_loss_column_gets_the_loss_tolerance(key: str) -> None:
     assert tolerance_for(key) == 2e-4
+
+
+def test_restore_puts_back_the_lock_and_declared_files_only(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    metrics:\n    - m.json:\n        cache: false\n"
+        "    plots:\n    - p.png:\n        cache: false\n", encoding="utf-8")
+    for name in ("dvc.lock", "m.json", "p.png", "notes.txt"):
+        (tmp_path / name).write_text("committed\n", encoding="utf-8")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    for name in ("dvc.lock", "m.json", "p.png", "notes.txt"):
+        (tmp_path / name).write_text("reproduced\n", encoding="utf-8")
+    restore(tmp_path)
+    contents = {name: (tmp_path / name).read_text(encoding="utf-8")
+                for name in ("dvc.lock", "m.json", "p.png", "notes.txt")}
+    assert contents == {"dvc.lock": "committed\n", "m.json": "committed\n",
+                        "p.png": "committed\n", "notes.txt": "reproduced\n"}
