@@ -14,9 +14,12 @@ from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
 from imgpipe.features import FeatureSet
 from imgpipe.head import (
+    COEF_DECIMALS,
+    METRIC_DECIMALS,
     StandardizedLinear,
     SweepPoint,
     best_point,
+    boundary_margin,
     fit_linear_probe,
     load_head,
     load_standardisation,
@@ -175,3 +178,30 @@ def test_an_adam_step_moves_standardised_logits_far_less_than_raw_ones() -> None
         optimizer.step()
         shifts.append((head(features).detach() - before).abs().mean().item())
     assert shifts[0] > 10 * shifts[1]
+
+
+def test_stored_coefficients_sit_on_the_rounding_grid() -> None:
+    """Unfolded back onto standardised features, every weight is a multiple of the grid."""
+    train, val = blobs(30, 3, seed=0), blobs(10, 3, seed=1)
+    probe = fit_linear_probe(train, val, 3, c_grid=[0.1, 1.0], max_iter=500)
+    features = train.features.astype(np.float64)
+    scale = np.maximum(features.std(0), 0.1 * np.median(features.std(0)))
+    steps = probe.weight.astype(np.float64) * scale * 10**COEF_DECIMALS
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # float32 storage
+    assert np.abs(steps).max() > 100  # not a grid so coarse that everything rounds to 0
+
+
+def test_sweep_metrics_are_written_rounded() -> None:
+    train, val = blobs(20, 3, seed=0, spread=3.0), blobs(20, 3, seed=1, spread=3.0)
+    probe = fit_linear_probe(train, val, 3, c_grid=[0.01, 1.0], max_iter=500)
+    for point in probe.sweep:
+        for value in (point.train_accuracy, point.val_accuracy, point.val_loss):
+            assert value == round(value, METRIC_DECIMALS)
+    assert 0 < probe.best.val_loss < 2
+
+
+def test_boundary_margin_is_the_distance_to_the_nearest_half_step() -> None:
+    step = 10.0**-COEF_DECIMALS
+    assert boundary_margin(np.array([3 * step])) == pytest.approx(step / 2)
+    assert boundary_margin(np.array([3 * step, 2.5 * step])) == pytest.approx(0, abs=1e-12)
+    assert boundary_margin(np.array([-2.4 * step])) == pytest.approx(0.1 * step)

@@ -20,7 +20,7 @@ def test_prepared_test_images_get_evaluates_predictions(trained) -> None:
     expected = pd.read_csv(trained["predictions"])
     assert [p.predicted for p in predictions] == list(expected["predicted"])
     np.testing.assert_allclose([p.probability for p in predictions], expected["probability"],
-                               atol=1e-5)
+                               atol=6e-5)  # evaluate writes 4 decimals: half a step, and noise
 
 
 def test_raw_source_images_get_the_same_classes(trained, digits_dir: Path) -> None:
