@@ -90,15 +90,15 @@ def test_run_holds_params_summary_metrics_curves_artifacts_and_tags(logged, trai
     assert metrics["summary.test_balanced_accuracy"] == test["balanced_accuracy"]
     assert metrics["summary.probe_c"] == probe["best_c"]
     assert metrics["summary.best_epoch"] == 0  # freeze=all in the fixture: the probe
-    assert metrics["detail.test_images"] == test["images"]
+    assert metrics["tally.test_images"] == test["images"]
     # Every metric says what it is; per-class figures are a table, not 24 metrics.
-    assert {name.split(".")[0] for name in metrics} == {"summary", "curve", "detail"}
+    assert {name.split(".")[0] for name in metrics} == {"summary", "tally", "vs_c", "vs_epoch"}
     assert not [name for name in metrics if "per_class" in name or "support" in name]
     assert len(run.data.tags["dataset_fingerprint"]) == 16
-    sweep = client.get_metric_history(run_id, "curve.probe_val_accuracy")
+    sweep = client.get_metric_history(run_id, "vs_c.probe_val_accuracy")
     assert [m.step for m in sweep] == [0, 1]  # the two C values of the probed fixture
-    assert [m.value for m in client.get_metric_history(run_id, "curve.probe_c")] == [0.1, 1.0]
-    assert [m.step for m in client.get_metric_history(run_id, "curve.finetune_val_accuracy")
+    assert [m.value for m in client.get_metric_history(run_id, "vs_c.probe_c")] == [0.1, 1.0]
+    assert [m.step for m in client.get_metric_history(run_id, "vs_epoch.finetune_val_accuracy")
             ] == [0]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"evaluate.json", "per_class.csv", "test_per_class.json", "train_head.json",
@@ -143,10 +143,10 @@ def test_summary_reads_the_chosen_c_not_the_last_of_the_grid() -> None:
     metrics = summary_metrics({"accuracy": 0.9, "images": 36}, {"best_c": 1.0,
                               "val_accuracy": 0.97}, {"best_epoch": 2, "val_accuracy": 0.98,
                                                       "val_macro_f1": 0.97, "params_total": 5})
-    assert metrics == {"summary.test_accuracy": 0.9, "detail.test_images": 36.0,
+    assert metrics == {"summary.test_accuracy": 0.9, "tally.test_images": 36.0,
                        "summary.probe_c": 1.0, "summary.probe_val_accuracy": 0.97,
                        "summary.best_epoch": 2.0, "summary.val_accuracy": 0.98,
-                       "summary.val_macro_f1": 0.97, "detail.finetune_params_total": 5.0}
+                       "summary.val_macro_f1": 0.97, "tally.finetune_params_total": 5.0}
 
 
 def _closed_port() -> int:

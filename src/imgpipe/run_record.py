@@ -6,9 +6,11 @@ two kinds of run look alike. The file paths are evaluate's command-line argument
 (`ResultPaths`), which sync reads back from the `cmd` recorded in each commit's dvc.lock.
 
 Metric names say what a number is, since MLflow's tables show a step metric's last value:
-`summary.*` are single figures of the kept model (read these), `curve.*` are per-step
-histories (their last value is not the result), `detail.*` are counts. Per-class test
-figures are a table artifact, not metrics.
+`summary.*` are single figures of the kept model (read these); `tally.*` are counts;
+`vs_c.*` (step: position in the C grid) and `vs_epoch.*` are curves, whose last value is
+not the result. MLflow's compare page lists metrics alphabetically in a box of about
+seven rows, so the prefixes are chosen to sort `summary.*` first. Per-class test figures
+are a table artifact, not metrics.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def summary_metrics(test: dict, probe: dict, finetune: dict) -> dict[str, float]
         if key in test:
             metrics[f"summary.test_{key}"] = test[key]
     if "images" in test:
-        metrics["detail.test_images"] = test["images"]
+        metrics["tally.test_images"] = test["images"]
     if "best_c" in probe:
         metrics["summary.probe_c"] = probe["best_c"]
     for key in ("val_accuracy", "val_loss"):
@@ -123,7 +125,7 @@ def summary_metrics(test: dict, probe: dict, finetune: dict) -> dict[str, float]
         if key == "best_epoch" or key.startswith("val_"):
             metrics[f"summary.{key}"] = value  # val_* of the kept epoch
         elif isinstance(value, (int, float)):
-            metrics[f"detail.finetune_{key}"] = value
+            metrics[f"tally.finetune_{key}"] = value
     return {name: float(value) for name, value in metrics.items()
             if isinstance(value, (int, float))}
 
@@ -168,8 +170,8 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
         experiment=experiment,
         params=flatten(params),
         metrics=summary_metrics(test, _json(paths.probe_metrics), _json(paths.finetune_metrics)),
-        curves={**curves(paths.sweep, "curve.probe_", step_column=None),
-                **curves(paths.history, "curve.finetune_", step_column="epoch")},
+        curves={**curves(paths.sweep, "vs_c.probe_", step_column=None),
+                **curves(paths.history, "vs_epoch.finetune_", step_column="epoch")},
         artifacts=[p for p in (paths.metrics, paths.per_class, paths.probe_metrics,
                                paths.finetune_metrics, paths.predictions, paths.confusion_png,
                                paths.grid_png, paths.sweep, paths.history, classes_path,
