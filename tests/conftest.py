@@ -53,13 +53,16 @@ def trained(probed: dict[str, Path]) -> dict[str, Path]:
     paths = {**probed, "model": root / "models" / "model.pt",
              "predictions": root / "test_predictions.csv", "metrics": root / "evaluate.json",
              "sweep": root / "sweep.csv", "history": root / "history.csv",
-             "confusion": root / "confusion.png", "grid": root / "grid.png"}
+             "confusion": root / "confusion.png", "grid": root / "grid.png",
+             "per_class": root / "per_class.csv", "probe_metrics": root / "train_head.json",
+             "finetune_metrics": root / "finetune.json"}
     finetune_full(prepared_dir=paths["prepared"], head_path=paths["head"],
-                  model_path=paths["model"], metrics_path=root / "finetune.json",
+                  model_path=paths["model"], metrics_path=paths["finetune_metrics"],
                   history_path=paths["history"], freeze="all",
                   backbone_params=BackboneParams("efficientnet_lite0", True, None),
                   params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
     evaluate(prepared_dir=paths["prepared"], model_path=paths["model"],
              metrics_path=paths["metrics"], predictions_path=paths["predictions"],
-             confusion_png=paths["confusion"], grid_png=paths["grid"], batch_size=4)
+             confusion_png=paths["confusion"], grid_png=paths["grid"],
+             per_class_path=paths["per_class"], batch_size=4)
     return paths

@@ -21,6 +21,17 @@ def test_metrics_on_known_predictions() -> None:
                                          "f1": pytest.approx(0.8), "support": 2}
     assert metrics["per_class"]["c"]["recall"] == 0.0
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 2 + 0 / 1) / 3)
+
+
+def test_per_class_figures_go_to_their_own_table_not_the_metrics_file(trained) -> None:
+    overall = json.loads(trained["metrics"].read_text())
+    assert set(overall) == {"accuracy", "macro_f1", "balanced_accuracy", "images"}
+    table = pd.read_csv(trained["per_class"])
+    assert list(table.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert sorted(table["class"]) == ["one", "seven", "zero"]
+    assert table["support"].sum() == overall["images"]
+    assert table["recall"].mean() == pytest.approx(overall["balanced_accuracy"])
 
 
 def test_evaluate_agrees_with_the_head_on_cached_test_features(trained) -> None:

@@ -77,12 +77,12 @@ def test_pipeline_run_is_recorded_on_the_server(server: str, tmp_path: Path,
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["freeze"] == "all" and params["data.source"] == "data/tiny"
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert 0.0 <= metrics["summary.test_accuracy"] <= 1.0
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["backbone"] == "efficientnet_lite0" and "dataset_fingerprint" in tags
 
     history = _api(server, "metrics/get-history", run_id=run_id,
-                   metric_key="probe_val_accuracy")["metrics"]
+                   metric_key="vs_c.probe_val_accuracy")["metrics"]
     assert sorted(m["step"] for m in history) == [0, 1]  # c_grid [0.1, 1.0]
     artifacts = {f["path"] for f in _api(server, "artifacts/list", run_id=run_id)["files"]}
     assert {"evaluate.json", "confusion.png", "classes.json", "dvc.lock"} <= artifacts

@@ -145,7 +145,7 @@ def test_queued_sweep_runs_in_parallel_into_exp_show_and_one_mlflow_run_each(
         assert logged.data.params["train_head.c_grid"] == str([c])
         assert logged.data.tags["dvc_exp_baseline_rev"] == head
         evaluate = experiments[name]["metrics"]["metrics/evaluate.json"]
-        assert logged.data.metrics["test_accuracy"] == evaluate["accuracy"]
+        assert logged.data.metrics["summary.test_accuracy"] == evaluate["accuracy"]
         # Artifacts live in the repository too, not in the queue's deleted temporary copy.
         artifacts = Path(urlparse(logged.info.artifact_uri).path)
         assert artifacts.is_relative_to(clone.resolve() / "mlruns")

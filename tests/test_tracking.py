@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import socket
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -12,65 +15,138 @@ import pytest
 
 from imgpipe.errors import PipelineError
 from imgpipe.params import TrackingParams
-from imgpipe.predict import Predictor
+from imgpipe.run_record import ResultPaths, summary_metrics
 from imgpipe.tracking import RunRecord, default_tracking_uri, log_run
 from stages.evaluate import track
 
 
+def _result_paths(trained) -> ResultPaths:
+    return ResultPaths(
+        prepared_dir=trained["prepared"], model=trained["model"], sweep=trained["sweep"],
+        history=trained["history"], probe_metrics=trained["probe_metrics"],
+        finetune_metrics=trained["finetune_metrics"], metrics=trained["metrics"],
+        per_class=trained["per_class"], predictions=trained["predictions"],
+        confusion_png=trained["confusion"], grid_png=trained["grid"])
+
+
+def _git_repository(root: Path, committed_params: str) -> Path:
+    """A git repository whose committed params.yaml is `committed_params`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(committed_params, encoding="utf-8")
+    (root / "dvc.lock").write_text("schema: '2.0'\n", encoding="utf-8")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "PATH": "/usr/bin:/bin"}
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-q", "-m", "baseline"]):
+        subprocess.run(command, cwd=root, check=True, env=env)
+    return root
+
+
+_COMMITTED = "data:\n  source: data/tiny\nfreeze: all\nfinetune_full:\n  lr: 0.0001\n"
+
+
 @pytest.fixture(scope="module")
 def logged(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """One run logged by evaluate's `track`, in a store of its own: (uri, run id)."""
+    """One run logged by evaluate's `track`, in a store of its own: (uri, run id).
+
+    The workspace's params differ from the committed ones in `freeze` only, as after
+    `dvc repro` with an edited params.yaml (no DVC experiment name)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    params = tmp_path_factory.mktemp("params") / "params.yaml"
-    params.write_text("freeze: all\nfinetune_full:\n  lr: 0.0001\n", encoding="utf-8")
+    root = _git_repository(tmp_path_factory.mktemp("repo"), _COMMITTED)
+    (root / "params.yaml").write_text(_COMMITTED.replace("freeze: all", "freeze: partial"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        run_id = track(prepared_dir=trained["prepared"], model_path=trained["model"],
-                       metrics={"accuracy": 0.5, "per_class": {"one": {"recall": 1.0}}},
-                       params_path=params, sweep_path=trained["sweep"],
-                       history_path=trained["history"],
-                       artifacts=[trained["metrics"], trained["confusion"]],
-                       tracking=TrackingParams("tests", register_model="digits"),
-                       tags={"backbone": "efficientnet_lite0", "freeze": "all"})
+        patch.delenv("DVC_EXP_NAME", raising=False)
+        patch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+        run_id = track(_result_paths(trained), params_path=root / "params.yaml",
+                       tracking=TrackingParams("tests", register_model="digits"), root=root)
     assert run_id is not None
     return uri, run_id
 
 
-def test_run_holds_params_metrics_curves_artifacts_and_tags(logged) -> None:
+def test_run_is_named_and_described_by_the_params_that_changed(logged) -> None:
+    uri, run_id = logged
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.run_name == "freeze=partial"
+    assert run.data.tags["mlflow.note.content"].endswith("- `freeze`: all → partial")
+    assert run.data.tags["changed_params"] == "freeze"
+    assert run.data.tags["freeze"] == "partial"
+    assert run.data.tags["backbone"] == "None"  # not in these params
+    assert len(run.data.tags["dvc_result"]) == 32
+
+
+def test_run_holds_params_summary_metrics_curves_artifacts_and_tags(logged, trained) -> None:
     uri, run_id = logged
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
-    assert run.data.params == {"freeze": "all", "finetune_full.lr": "0.0001"}
-    assert run.data.metrics["test_accuracy"] == 0.5
-    assert run.data.metrics["test_per_class.one.recall"] == 1.0
-    assert run.data.tags["backbone"] == "efficientnet_lite0"
+    assert run.data.params == {"data.source": "data/tiny", "freeze": "partial",
+                               "finetune_full.lr": "0.0001"}
+    test = json.loads(trained["metrics"].read_text())
+    probe = json.loads(trained["probe_metrics"].read_text())
+    metrics = run.data.metrics
+    assert metrics["summary.test_accuracy"] == test["accuracy"]
+    assert metrics["summary.test_macro_f1"] == test["macro_f1"]
+    assert metrics["summary.test_balanced_accuracy"] == test["balanced_accuracy"]
+    assert metrics["summary.probe_c"] == probe["best_c"]
+    assert metrics["summary.best_epoch"] == 0  # freeze=all in the fixture: the probe
+    assert metrics["tally.test_images"] == test["images"]
+    # Every metric says what it is; per-class figures are a table, not 24 metrics.
+    assert {name.split(".")[0] for name in metrics} == {"summary", "tally", "vs_c", "vs_epoch"}
+    assert not [name for name in metrics if "per_class" in name or "support" in name]
     assert len(run.data.tags["dataset_fingerprint"]) == 16
-    sweep = client.get_metric_history(run_id, "probe_val_accuracy")
+    sweep = client.get_metric_history(run_id, "vs_c.probe_val_accuracy")
     assert [m.step for m in sweep] == [0, 1]  # the two C values of the probed fixture
-    assert [m.step for m in client.get_metric_history(run_id, "finetune_val_accuracy")] == [0]
+    assert [m.value for m in client.get_metric_history(run_id, "vs_c.probe_c")] == [0.1, 1.0]
+    assert [m.step for m in client.get_metric_history(run_id, "vs_epoch.finetune_val_accuracy")
+            ] == [0]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"evaluate.json", "confusion.png", "classes.json", "sweep.csv",
-            "history.csv"} <= artifacts
+    assert {"evaluate.json", "per_class.csv", "test_per_class.json", "train_head.json",
+            "finetune.json", "confusion.png", "classes.json", "sweep.csv",
+            "history.csv", "dvc.lock"} <= artifacts
+    table = json.loads(Path(client.download_artifacts(run_id, "test_per_class.json")
+                            ).read_text())
+    assert sorted(row[0] for row in table["data"]) == ["one", "seven", "zero"]
 
 
-def test_logged_model_predicts_from_paths_and_bytes(logged, trained, digits_dir) -> None:
+def test_prepared_dataset_is_the_runs_input_with_the_manifest_digest(logged, trained) -> None:
     uri, run_id = logged
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    image = sorted((digits_dir / "one").iterdir())[0]
-    by_path = model.predict(pd.DataFrame({"path": [str(image)]}))
-    by_bytes = model.predict(pd.DataFrame({"image": [image.read_bytes()]}))
-    expected = Predictor(trained["model"]).predict([image])[0]
-    assert by_path["predicted"][0] == by_bytes["predicted"][0] == expected.predicted
-    assert by_path["probability"][0] == pytest.approx(expected.probability, abs=1e-6)
-    assert {"p_one", "p_seven", "p_zero"} <= set(by_path.columns)
-    assert model.metadata.signature is not None
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    (dataset_input,) = run.inputs.dataset_inputs
+    manifest = (trained["prepared"] / "manifest.csv").read_bytes()
+    assert dataset_input.dataset.digest == hashlib.sha256(manifest).hexdigest()[:16]
+    assert dataset_input.dataset.name == "data/tiny"
+    assert "manifest.csv" in dataset_input.dataset.source
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == len(
+        pd.read_csv(trained["prepared"] / "manifest.csv"))
+    assert [t.value for t in dataset_input.tags if t.key == "mlflow.data.context"] == [
+        "prepared"]
 
 
-def test_model_is_registered_when_asked(logged) -> None:
-    uri, run_id = logged
-    versions = mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='digits'")
-    assert [v.run_id for v in versions] == [run_id]
+def test_run_under_dvc_exp_run_is_named_after_the_experiment(trained, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    root = _git_repository(tmp_path / "repo", _COMMITTED)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "probe")  # what `dvc exp run -n probe` sets
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    run_id = track(_result_paths(trained), params_path=root / "params.yaml",
+                   tracking=TrackingParams("tests"), root=root)
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.run_name == "probe"
+    assert run.data.tags["dvc_exp_name"] == "probe"
+    assert run.data.tags["changed_params"] == "none"
+    assert "Params: the same as" in run.data.tags["mlflow.note.content"]
+
+
+def test_summary_reads_the_chosen_c_not_the_last_of_the_grid() -> None:
+    metrics = summary_metrics({"accuracy": 0.9, "images": 36}, {"best_c": 1.0,
+                              "val_accuracy": 0.97}, {"best_epoch": 2, "val_accuracy": 0.98,
+                                                      "val_macro_f1": 0.97, "params_total": 5})
+    assert metrics == {"summary.test_accuracy": 0.9, "tally.test_images": 36.0,
+                       "summary.probe_c": 1.0, "summary.probe_val_accuracy": 0.97,
+                       "summary.best_epoch": 2.0, "summary.val_accuracy": 0.98,
+                       "summary.val_macro_f1": 0.97, "tally.finetune_params_total": 5.0}
 
 
 def _closed_port() -> int:

@@ -1,4 +1,4 @@
-"""Command line: `python -m imgpipe predict IMAGES... [--model ...] [--out ...]`."""
+"""Command line: `python -m imgpipe predict IMAGES...` and `python -m imgpipe sync-mlflow`."""
 
 from __future__ import annotations
 
@@ -16,41 +16,93 @@ _logger = logging.getLogger("imgpipe")
 
 
 def predict_command(args: argparse.Namespace) -> None:
-    from imgpipe.predict import Predictor, expand_inputs
+    from imgpipe.predict import Predictor, Unreadable, expand_inputs, predict_files
 
     files = expand_inputs(args.images)
     if not files:
         raise PipelineError(f"no image files in {', '.join(map(str, args.images))}")
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise PipelineError(f"{missing[0]} not found ({len(missing)} missing input(s))")
     predictor = Predictor(args.model)
-    predictions = predictor.predict(files, args.batch_size)
+    results = predict_files(predictor, files, args.batch_size, args.on_error)
+    read = [not isinstance(r, Unreadable) for r in results]
     table = pd.DataFrame({
         "path": [str(f) for f in files],
-        "predicted": [p.predicted for p in predictions],
-        "probability": [round(p.probability, 6) for p in predictions],
-        "top_k": [";".join(f"{name}:{prob:.4f}" for name, prob in p.top(args.top_k))
-                  for p in predictions],
+        "predicted": [None if isinstance(r, Unreadable) else r.predicted for r in results],
+        "probability": [None if isinstance(r, Unreadable) else round(r.probability, 6)
+                        for r in results],
+        "top_k": [None if isinstance(r, Unreadable) else
+                  ";".join(f"{name}:{prob:.4f}" for name, prob in r.top(args.top_k))
+                  for r in results],
+        "error": [r.reason if isinstance(r, Unreadable) else None for r in results],
     })
     with atomic_path(args.out) as temporary:
         table.to_csv(temporary, index=False)
-    _logger.info("wrote %d predictions to %s", len(table), args.out)
+    skipped = len(read) - sum(read)
+    for path, result in zip(files, results):
+        if isinstance(result, Unreadable):
+            _logger.warning("skipped %s: %s", path, result.reason)
+    _logger.info("wrote %d predictions to %s%s", sum(read), args.out.resolve(),
+                 f" ({skipped} unreadable input(s) skipped, listed with the reason in its "
+                 "`error` column)" if skipped else "")
+
+
+def sync_command(args: argparse.Namespace) -> None:
+    from imgpipe.params import load_params
+    from imgpipe.sync import sync_mlflow
+
+    experiment = args.experiment or load_params(args.repo / "params.yaml").tracking.experiment
+    done = sync_mlflow(args.repo, experiment, commits=args.commits)
+    counts = {action: sum(d.action == action for d in done)
+              for action in ("logged", "adopted", "exists")}
+    _logger.info("%d revision(s): %d logged, %d adopted (live runs tagged), %d already in "
+                 "MLflow, %d skipped", len(done), counts["logged"], counts["adopted"],
+                 counts["exists"], len(done) - sum(counts.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgpipe", description="imgpipe tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser(
+        "predict", help="classify new images with a trained model",
+        description="Classify images with a model file; writes one CSV row per input.")
+    predict.add_argument("images", nargs="+", type=Path,
+                         help="image files or folders (searched recursively)")
+    predict.add_argument("--model", type=Path, default=Path("models/model.pt"),
+                         help="model file written by finetune_full (default: %(default)s)")
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                         help="CSV to write: path, predicted, probability, top_k, error "
+                              "(default: %(default)s)")
+    predict.add_argument("--top-k", type=int, default=3,
+                         help="classes listed in the top_k column, most probable first "
+                              "(default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=32,
+                         help="images per forward pass (memory and speed; default: "
+                              "%(default)s)")
+    predict.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                         help="an unreadable or missing image: skip (a row with the reason "
+                              "in `error`) or stop (fail naming the file); default: "
+                              "%(default)s")
+    predict.set_defaults(handler=predict_command)
+    sync = commands.add_parser(
+        "sync-mlflow", help="log every DVC experiment missing from MLflow, exactly once",
+        description="One MLflow run per DVC experiment (and commit) that has run "
+                    "evaluate, tagged dvc_rev; runs already there are left alone.")
+    sync.add_argument("--repo", type=Path, default=Path(),
+                      help="the DVC repository (default: the current folder)")
+    sync.add_argument("--commits", type=int, default=1,
+                      help="experiments of this many commits back from HEAD, HEAD "
+                           "included; -1: all (default: %(default)s)")
+    sync.add_argument("--experiment", default=None,
+                      help="MLflow experiment (default: tracking.experiment in "
+                           "params.yaml)")
+    sync.set_defaults(handler=sync_command)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="imgpipe", description="imgpipe tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="classify new images with a trained model")
-    predict.add_argument("images", nargs="+", type=Path, help="image files or folders")
-    predict.add_argument("--model", type=Path, default=Path("models/model.pt"))
-    predict.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[imgpipe] %(message)s")
     try:
-        predict_command(args)
+        args.handler(args)
     except PipelineError as error:
         print(f"[imgpipe] error: {error}", file=sys.stderr)
         sys.exit(2)

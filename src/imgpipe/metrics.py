@@ -1,36 +1,43 @@
-"""Test metrics: accuracy, balanced accuracy, macro-F1, per-class precision and recall,
-the confusion matrix."""
+"""Test metrics: accuracy, macro-F1, balanced accuracy, per-class figures, the confusion matrix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from imgpipe.io import atomic_path
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
                            classes: list[str]) -> dict:
-    """Metrics for `dvc metrics show`: overall figures and one entry per class."""
+    """Overall figures and one entry per class (`per_class`, kept apart by evaluate).
+
+    Balanced accuracy is the mean recall over the classes (sklearn's definition); a
+    class absent from `y_true` counts as recall 0 rather than being left out.
+    """
     labels = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1.mean()),
+        "balanced_accuracy": float(recall.mean()),
         "images": len(y_true),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])}
                       for i, name in enumerate(classes)},
     }
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    """`classification_metrics(...)["per_class"]` as rows: class, precision, recall, f1,
+    support (test images of the class)."""
+    return pd.DataFrame([{"class": name, **figures}
+                         for name, figures in metrics["per_class"].items()],
+                        columns=["class", "precision", "recall", "f1", "support"])
 
 
 def plot_confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from imgpipe.data import forward_all, softmax
 from imgpipe.errors import PipelineError
@@ -22,7 +23,7 @@ from imgpipe.model import load_model
 from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
-ImageInput = str | Path | bytes
+ImageInput = str | Path | bytes | Image.Image  # an Image: already loaded by `load`
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Predictor:
 
     def load(self, image: ImageInput) -> Image.Image:
         """A file path or encoded image bytes as the pipeline's prepared square."""
+        if isinstance(image, Image.Image):
+            return image
         source = io.BytesIO(image) if isinstance(image, bytes) else image
         try:
             with Image.open(source) as opened:
@@ -65,6 +68,52 @@ class Predictor:
         return [Prediction(self.classes[int(row.argmax())], float(row.max()),
                            {name: float(p) for name, p in zip(self.classes, row)})
                 for row in rows]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An input left out of the predictions, and why."""
+
+    reason: str  # e.g. "cannot read the image (cannot identify image file ...)"
+
+
+def predict_files(predictor: Predictor, files: Sequence[Path], batch_size: int = 32,
+                  on_error: str = "skip") -> list[Prediction | Unreadable]:
+    """One result per file, in order; each image is decoded once.
+
+    Args:
+        on_error: "skip" gives an unreadable or missing file an `Unreadable` with the
+            reason and goes on; "stop" raises on the first.
+
+    Raises:
+        PipelineError: a file cannot be read and `on_error` is "stop".
+    """
+    if on_error not in ("skip", "stop"):
+        raise PipelineError(f"on_error: {on_error!r} is not skip or stop")
+    results: list[Prediction | Unreadable] = []
+    chunks = range(0, len(files), batch_size)
+    for start in tqdm(chunks, desc="predict", unit="batch", mininterval=2.0,
+                      disable=len(chunks) < 2):
+        loaded = [_load_or_reason(predictor, path, on_error)
+                  for path in files[start:start + batch_size]]
+        images = [item for item in loaded if isinstance(item, Image.Image)]
+        predictions = iter(predictor.predict(images, batch_size))
+        results += [next(predictions) if isinstance(item, Image.Image) else item
+                    for item in loaded]
+    return results
+
+
+def _load_or_reason(predictor: Predictor, path: Path, on_error: str,
+                    ) -> Image.Image | Unreadable:
+    try:
+        if not Path(path).is_file():
+            raise PipelineError(f"{path}: not found")
+        return predictor.load(path)
+    except PipelineError as error:
+        if on_error == "stop":
+            raise PipelineError(f"{error}; `--on-error skip` leaves such files out, "
+                                "with the reason in the output") from error
+        return Unreadable(str(error).removeprefix(f"{path}: "))
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:

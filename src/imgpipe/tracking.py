@@ -1,10 +1,11 @@
 """Recording a pipeline run in MLflow.
 
-A run holds every param, the test metrics, the training curves as step metrics (read
+A run holds every param, the summary metrics, the training curves as step metrics (read
 from the stages' history files, so they are there even when DVC restored those stages
-from its cache), the plots and class map, the `dvc.lock` in force, tags, and the model
-as a pyfunc. Tracking failures warn and leave the DVC outputs alone, unless
-`tracking.required` is true.
+from its cache), the plots and class map, the `dvc.lock` in force, a name, a description
+and tags, the prepared dataset as its input, and the model as a pyfunc (what goes in is
+built by `imgpipe.run_record`). Tracking failures warn and leave the DVC outputs alone,
+unless `tracking.required` is true.
 """
 
 from __future__ import annotations
@@ -16,18 +17,32 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgpipe import pyfunc
 from imgpipe.errors import PipelineError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 _logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^\w\-. /]")  # characters MLflow refuses in metric and param names
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset logged as the run's input (MLflow's Dataset column)."""
+
+    table: pd.DataFrame  # the prepared manifest: one row per image
+    digest: str  # what tells two datasets apart in the UI
+    name: str
+    source: str
 
 
 @dataclass
@@ -44,6 +59,10 @@ class RunRecord:
     classes: list[str] = field(default_factory=list)
     example_image: bytes | None = None
     register_as: str | None = None
+    run_name: str | None = None
+    description: str | None = None  # markdown, shown on the run's page
+    dataset: DatasetInput | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # artifact file -> table
 
 
 def default_tracking_uri() -> str:
@@ -79,7 +98,9 @@ def log_run(record: RunRecord, required: bool = False) -> str | None:
         return None
 
 
-def _log(record: RunRecord) -> str:
+def connect(experiment: str) -> str:
+    """Point MLflow at the store (`MLFLOW_TRACKING_URI`, else the default) and at
+    `experiment`, created when missing; returns the experiment's id."""
     import mlflow
 
     own_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -87,9 +108,16 @@ def _log(record: RunRecord) -> str:
     with _sqlite_lock(mlflow.get_tracking_uri()):
         # The default store keeps artifacts beside it; MLflow's default, ./mlruns in the
         # working directory, is DVC's temporary copy under `--temp` and `--queue`.
-        _set_experiment(record.experiment, artifact_location=None if own_uri else
+        _set_experiment(experiment, artifact_location=None if own_uri else
                         (_repository_root() / "mlruns").as_uri())
-    with mlflow.start_run() as run:
+    return mlflow.get_experiment_by_name(experiment).experiment_id
+
+
+def _log(record: RunRecord) -> str:
+    import mlflow
+
+    connect(record.experiment)
+    with mlflow.start_run(run_name=record.run_name, description=record.description) as run:
         mlflow.log_params({_safe(k): _param_value(v) for k, v in record.params.items()})
         mlflow.log_metrics({_safe(k): float(v) for k, v in record.metrics.items()})
         for name, points in record.curves.items():
@@ -100,6 +128,10 @@ def _log(record: RunRecord) -> str:
         for path in record.artifacts:
             if path.exists():
                 mlflow.log_artifact(str(path))
+        for artifact_file, table in record.tables.items():
+            mlflow.log_table(table, artifact_file=artifact_file)
+        if record.dataset is not None:
+            _log_dataset(record.dataset)
         if record.model_file is not None:
             _log_model(record)
     _logger.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
@@ -133,6 +165,17 @@ def _set_experiment(name: str, artifact_location: str | None) -> None:
     if artifact_location is not None and mlflow.get_experiment_by_name(name) is None:
         mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(name)
+
+
+def _log_dataset(dataset: DatasetInput) -> None:
+    import mlflow
+
+    with warnings.catch_warnings():  # "can be interpreted ... LocalArtifactDatasetSource,
+        # LocalArtifactDatasetSource": MLflow registers the one local source twice.
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        logged = mlflow.data.from_pandas(dataset.table, source=dataset.source,
+                                         name=dataset.name, digest=dataset.digest)
+    mlflow.log_input(logged, context="prepared")
 
 
 def _log_model(record: RunRecord) -> None:

@@ -1,15 +1,16 @@
 """Stage evaluate: test-split metrics, confusion matrix and the MLflow record of the run.
 
-Reads the whole params.yaml (every key is logged to MLflow) and the training curves of
-train_head and finetune_full. Writes the test metrics, the per-image test predictions
-(a DVC confusion plot) and a confusion-matrix PNG, and logs one MLflow run.
+Reads the whole params.yaml (every key is logged to MLflow), and the metrics and training
+curves of train_head and finetune_full. Writes the overall test metrics, the per-class
+table, the per-image test predictions (a DVC confusion plot), a confusion-matrix PNG and a
+grid of test images, and logs one MLflow run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,11 +20,25 @@ import yaml
 from imgpipe import distributed, stage
 from imgpipe.data import forward_all, softmax
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, read_classes, read_manifest
-from imgpipe.metrics import classification_metrics, plot_confusion, plot_prediction_grid
+from imgpipe.manifest import MANIFEST_NAME, read_manifest
+from imgpipe.metrics import (
+    classification_metrics,
+    per_class_table,
+    plot_confusion,
+    plot_prediction_grid,
+)
 from imgpipe.model import load_model
-from imgpipe.params import TrackingParams, flatten, load_params
-from imgpipe.tracking import RunRecord, log_run
+from imgpipe.params import TrackingParams, load_params
+from imgpipe.run_names import committed_params
+from imgpipe.run_record import (
+    ResultPaths,
+    add_arguments,
+    build_record,
+    file_md5,
+    from_namespace,
+    result_key,
+)
+from imgpipe.tracking import log_run
 from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
@@ -31,8 +46,13 @@ _logger = logging.getLogger(__name__)
 
 def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
              predictions_path: Path, confusion_png: Path, batch_size: int,
-             grid_png: Path | None = None, device: torch.device | None = None) -> dict:
-    """Score the final model on the test split; returns the metrics written."""
+             per_class_path: Path | None = None, grid_png: Path | None = None,
+             device: torch.device | None = None) -> dict:
+    """Score the final model on the test split; returns the metrics, per class included.
+
+    `metrics_path` gets the overall figures only, so that `dvc exp show` stays readable;
+    the per-class precision, recall, F1 and support go to `per_class_path`.
+    """
     model, classes, info, _ = load_model(model_path)
     table = read_manifest(prepared_dir, "test")
     transform = eval_transform(info.input_size, info.mean, info.std)
@@ -55,70 +75,53 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     if grid_png is not None:
         plot_prediction_grid(grid_png, list(table["file"]), list(predictions["actual"]),
                              list(predictions["predicted"]))
-    write_json(metrics_path, metrics)
-    _logger.info("test accuracy %.4f, macro-F1 %.4f on %d images", metrics["accuracy"],
-                 metrics["macro_f1"], metrics["images"])
+    if per_class_path is not None:
+        with atomic_path(per_class_path) as temporary:
+            per_class_table(metrics).to_csv(temporary, index=False)
+    write_json(metrics_path, {k: v for k, v in metrics.items() if k != "per_class"})
+    _logger.info("test accuracy %.4f, macro-F1 %.4f, balanced accuracy %.4f on %d images",
+                 metrics["accuracy"], metrics["macro_f1"], metrics["balanced_accuracy"],
+                 metrics["images"])
     return metrics
 
 
-def track(*, prepared_dir: Path, model_path: Path, metrics: dict, params_path: Path,
-          sweep_path: Path, history_path: Path, artifacts: list[Path],
-          tracking: TrackingParams, tags: dict[str, str]) -> str | None:
-    """Record this pipeline execution as one MLflow run (see imgpipe.tracking)."""
-    raw = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    manifest = (prepared_dir / MANIFEST_NAME).read_bytes()
-    test_files = read_manifest(prepared_dir, "test")["file"]
-    record = RunRecord(
-        experiment=tracking.experiment,
-        params=flatten(raw),
-        metrics={f"test_{k}": v for k, v in flatten(metrics).items()},
-        curves={**_curves(sweep_path, "probe_", step_column=None),
-                **_curves(history_path, "finetune_", step_column="epoch")},
-        artifacts=[*artifacts, sweep_path, history_path, prepared_dir / CLASSES_NAME,
-                   Path("dvc.lock")],
-        tags={**tags, "dataset_fingerprint": hashlib.sha256(manifest).hexdigest()[:16]},
-        model_file=model_path,
-        classes=read_classes(prepared_dir),
-        example_image=Path(test_files[0]).read_bytes() if len(test_files) else None,
+def track(paths: ResultPaths, *, params_path: Path, tracking: TrackingParams,
+          root: Path = Path()) -> str | None:
+    """Record this pipeline execution as one MLflow run (see imgpipe.run_record).
+
+    Named after the DVC experiment (`DVC_EXP_NAME`, set by `dvc exp run`), else after the
+    params that differ from the commit it runs on; tagged with the result's key, so that
+    `python -m imgpipe sync-mlflow` later finds it instead of logging the result again.
+    """
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    files = paths.under(root)
+    baseline_rev = os.environ.get("DVC_EXP_BASELINE_REV") or None
+    test_files = read_manifest(files.prepared_dir, "test")["file"]
+    key = result_key(params, file_md5(files.model),
+                     file_md5(files.prepared_dir / MANIFEST_NAME))
+    record = build_record(
+        paths, root, params=params, experiment=tracking.experiment, key=key,
+        baseline=committed_params(root.resolve(), baseline_rev or "HEAD"),
+        baseline_rev=baseline_rev, exp_name=os.environ.get("DVC_EXP_NAME") or None,
         register_as=tracking.register_model,
-    )
+        example_image=Path(test_files[0]).read_bytes() if len(test_files) else None)
     return log_run(record, required=tracking.required)
-
-
-def _curves(path: Path, prefix: str, step_column: str | None) -> dict[str, list]:
-    """Each numeric column of a history CSV as (step, value) points; step = row or column."""
-    table = pd.read_csv(path)
-    steps = table[step_column] if step_column else pd.Series(range(len(table)))
-    return {f"{prefix}{column}": [(int(step), float(value)) for step, value in
-                                  zip(steps, table[column]) if pd.notna(value)]
-            for column in table.columns if column != step_column}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prepared-dir", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--sweep", type=Path, required=True, help="train_head's C sweep")
-    parser.add_argument("--history", type=Path, required=True, help="finetune_full's epochs")
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--predictions", type=Path, required=True)
-    parser.add_argument("--confusion-png", type=Path, required=True)
-    parser.add_argument("--grid-png", type=Path, required=True)
+    add_arguments(parser)
     args = parser.parse_args()
+    paths = from_namespace(args)
 
     def body() -> None:
         params = load_params()
-        metrics = evaluate(prepared_dir=args.prepared_dir, model_path=args.model,
-                           metrics_path=args.metrics, predictions_path=args.predictions,
-                           confusion_png=args.confusion_png, grid_png=args.grid_png,
-                           batch_size=params.evaluate.batch_size,
-                           device=distributed.resolve_device(params.device))
-        track(prepared_dir=args.prepared_dir, model_path=args.model, metrics=metrics,
-              params_path=Path("params.yaml"), sweep_path=args.sweep,
-              history_path=args.history,
-              artifacts=[args.metrics, args.predictions, args.confusion_png, args.grid_png],
-              tracking=params.tracking,
-              tags={"backbone": params.backbone.name, "freeze": params.freeze})
+        evaluate(prepared_dir=paths.prepared_dir, model_path=paths.model,
+                 metrics_path=paths.metrics, per_class_path=paths.per_class,
+                 predictions_path=paths.predictions, confusion_png=paths.confusion_png,
+                 grid_png=paths.grid_png, batch_size=params.evaluate.batch_size,
+                 device=distributed.resolve_device(params.device))
+        track(paths, params_path=Path("params.yaml"), tracking=params.tracking)
 
     stage.run("evaluate", body)
 
