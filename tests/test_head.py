@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
@@ -16,13 +15,11 @@ from imgpipe.features import FeatureSet
 from imgpipe.head import (
     COEF_DECIMALS,
     METRIC_DECIMALS,
-    StandardizedLinear,
     SweepPoint,
     best_point,
     boundary_margin,
     fit_linear_probe,
     load_head,
-    load_standardisation,
     save_head,
 )
 
@@ -131,53 +128,6 @@ def test_class_weights_raise_the_rare_class_recall() -> None:
     weighted = fit_linear_probe(train, val, 2, [1.0], max_iter=500, class_balance="weights")
     assert weighted.best.val_balanced_accuracy > plain.best.val_balanced_accuracy + 0.1
     assert weighted.best.val_accuracy < plain.best.val_accuracy  # the price on accuracy
-
-
-def test_standardised_head_computes_the_saved_probe_and_folds_back(tmp_path: Path) -> None:
-    train, val = blobs(20, 3, seed=0), blobs(10, 3, seed=1)
-    probe = fit_linear_probe(train, val, 3, c_grid=[1.0], max_iter=500)
-    save_head(tmp_path / "head.pt", probe, ["a", "b", "c"], INFO)
-    raw, _, _ = load_head(tmp_path / "head.pt")
-    mean, scale = load_standardisation(tmp_path / "head.pt")
-    std = train.features.astype(np.float64).std(0)
-    floored = np.maximum(std, 0.1 * np.median(std))  # near-dead units are floored
-    np.testing.assert_allclose(scale.numpy(), floored, rtol=1e-5)
-    standardised = StandardizedLinear.from_raw(raw, mean, scale)
-    features = torch.from_numpy(val.features)
-    with torch.no_grad():
-        expected = raw(features)
-        np.testing.assert_allclose(standardised(features), expected, rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(standardised.folded()(features), expected, rtol=1e-4,
-                                   atol=1e-3)
-    # The trained weights see unit-variance inputs: the folded raw weights of the
-    # 1000x-scaled feature are ~1000x smaller than the standardised ones.
-    ratio = (standardised.linear.weight[:, 4] / raw.weight[:, 4]).abs().detach()
-    np.testing.assert_allclose(ratio, std[4], rtol=1e-4)
-
-
-def test_a_head_file_without_standardisation_names_the_fix(tmp_path: Path) -> None:
-    torch.save({"weight": torch.zeros(2, 5), "bias": torch.zeros(2)}, tmp_path / "old.pt")
-    with pytest.raises(DataError, match="dvc repro -f -s train_head"):
-        load_standardisation(tmp_path / "old.pt")
-
-
-def test_an_adam_step_moves_standardised_logits_far_less_than_raw_ones() -> None:
-    """The reason fine-tuning trains the head in the probe's space: on all-positive raw
-    features (pooled ReLU outputs), Adam's step of about lr per weight shifts every logit
-    by lr x the sum of the feature means; on standardised ones it barely moves them."""
-    generator = torch.Generator().manual_seed(0)
-    features = torch.rand(64, 256, generator=generator) * 0.2 + 1.0  # mean 1.1, std 0.06
-    labels = torch.randint(0, 3, (64,), generator=generator)
-    raw = nn.Linear(256, 3)
-    standardised = StandardizedLinear.from_raw(raw, features.mean(0), features.std(0))
-    shifts = []
-    for head in (raw, standardised):
-        before = head(features).detach()
-        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
-        nn.functional.cross_entropy(head(features), labels).backward()
-        optimizer.step()
-        shifts.append((head(features).detach() - before).abs().mean().item())
-    assert shifts[0] > 10 * shifts[1]
 
 
 def test_stored_coefficients_sit_on_the_rounding_grid() -> None:

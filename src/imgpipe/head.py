@@ -64,8 +64,6 @@ class SweepPoint:
 class LinearProbe:
     weight: np.ndarray  # (C, D), acts on raw (unstandardised) features
     bias: np.ndarray  # (C,)
-    mean: np.ndarray  # (D,) train feature mean, the standardisation folded into weight/bias
-    scale: np.ndarray  # (D,) train feature std (floored)
     best_c: float
     sweep: list[SweepPoint]
 
@@ -127,8 +125,7 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
                      sweep[-1].val_loss)
     best = best_point(sweep, select_by)
     weight, bias = _fold_standardisation(*rows[best.c], mean, scale)
-    return LinearProbe(weight, bias, mean.astype(np.float32), scale.astype(np.float32),
-                       best.c, sweep)
+    return LinearProbe(weight, bias, best.c, sweep)
 
 
 def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> SweepPoint:
@@ -189,7 +186,6 @@ def _fold_standardisation(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray
 
 def save_head(path: Path, probe: LinearProbe, classes: list[str], info: BackboneInfo) -> None:
     payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
-               "mean": torch.from_numpy(probe.mean), "scale": torch.from_numpy(probe.scale),
                "classes": list(classes), "backbone": asdict(info), "c": probe.best_c}
     save_torch(path, payload)
 
@@ -205,56 +201,6 @@ def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
         head.weight.copy_(weight)
         head.bias.copy_(payload["bias"])
     return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])
-
-
-def load_standardisation(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train feature mean and std (each (D,)) that the saved probe was fitted on."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if "mean" not in payload or "scale" not in payload:
-        raise DataError(f"{path} predates the stored feature standardisation: run "
-                        "`dvc repro -f -s train_head` to refit it")
-    return payload["mean"], payload["scale"]
-
-
-class StandardizedLinear(nn.Module):
-    """logits (B, C) = linear((features (B, D) - mean) / scale): the probe's own space.
-
-    The saved probe folds the standardisation into raw-feature weights (w / s), which is
-    exact for inference but a poor space to train in: Adam moves every weight by about
-    the learning rate per step whatever its scale, so on raw features a step shifts each
-    logit by lr x the sum of the feature means (lite0's pooled features are all
-    positive), and the first steps of fine-tuning undo the fitted probe. Here mean and
-    scale are fixed buffers and the trained weights see zero-mean, unit-variance inputs.
-    """
-
-    def __init__(self, linear: nn.Linear, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        super().__init__()
-        self.linear = linear
-        self.register_buffer("mean", mean.detach().clone().float())
-        self.register_buffer("scale", scale.detach().clone().float())
-
-    @classmethod
-    def from_raw(cls, head: nn.Linear, mean: torch.Tensor,
-                 scale: torch.Tensor) -> StandardizedLinear:
-        """The same function as `head` (on raw features), re-expressed on standardised ones."""
-        linear = nn.Linear(head.in_features, head.out_features)
-        with torch.no_grad():
-            weight = head.weight.double()
-            linear.weight.copy_(weight * scale.double())
-            linear.bias.copy_(head.bias.double() + weight @ mean.double())
-        return cls(linear, mean, scale)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear((features - self.mean) / self.scale)
-
-    def folded(self) -> nn.Linear:
-        """An `nn.Linear` on raw features computing the same logits (the model file's head)."""
-        head = nn.Linear(self.linear.in_features, self.linear.out_features)
-        with torch.no_grad():
-            weight = self.linear.weight.double() / self.scale.double()
-            head.weight.copy_(weight)
-            head.bias.copy_(self.linear.bias.double() - weight @ self.mean.double())
-        return head.to(self.linear.weight.device)
 
 
 def init_head(head: nn.Linear, mode: str, classes: list[str], imagenet_rows: dict[str, int],

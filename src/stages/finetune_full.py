@@ -31,7 +31,7 @@ from imgpipe.data import ImageDataset
 from imgpipe.distributed import ALONE, Ranks
 from imgpipe.errors import DataError, ParamsError
 from imgpipe.finetune import Progress, evaluate_epoch, fit, parameter_counts, set_trainable
-from imgpipe.head import StandardizedLinear, init_head, load_head, load_standardisation
+from imgpipe.head import init_head, load_head
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
@@ -57,10 +57,9 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                   class_balance: ClassBalance = "none") -> dict:
     """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model.
 
-    The head trains in the probe's standardised feature space (StandardizedLinear) and is
-    folded back into one raw-feature `nn.Linear` for the model file. The best epoch is
-    the one with the highest val `select_by`; `class_balance="weights"` weighs each
-    image's loss by the inverse frequency of its class in train.
+    The best epoch is the one with the highest val `select_by`;
+    `class_balance="weights"` weighs each image's loss by the inverse frequency of its
+    class in train.
 
     With `checkpoint_dir`, training state is saved there after every epoch and an
     interrupted run with the same params, head and data resumes from it. Collective
@@ -88,8 +87,7 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
                           "leave an untrained head; use head_init: probe, or freeze partial/none")
     init_head(head, params.head_init, classes, params.imagenet_rows, params.negative_class,
               backbone.imagenet_head)
-    model = ImageClassifier(backbone.trunk, StandardizedLinear.from_raw(
-        head, *load_standardisation(head_path))).to(device)
+    model = ImageClassifier(backbone.trunk, head).to(device)
     frozen = set_trainable(model, backbone, freeze, params.trainable_blocks,
                            params.trainable_patterns)
     counts = parameter_counts(model)
@@ -131,9 +129,6 @@ def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metr
     if not ranks.main:
         return metrics
     model.load_state_dict(best_state)
-    # The model file's head acts on raw features. Epoch 0 keeps the starting head to the
-    # bit (a float32 round trip through the standardised space is not exact).
-    model.head = head.to(device) if best["epoch"] == 0 else model.head.folded()
     save_model(model_path, model, classes=classes, info=info,
                extra={"freeze": freeze, "best_epoch": best["epoch"],
                       "preprocess": read_preprocess(prepared_dir)})
