@@ -53,7 +53,7 @@ def test_dvc_metrics_plots_and_exp_show_read_the_declarations(project: Path) -> 
     assert "accuracy" in files["metrics/evaluate.json"]["data"]
     assert "best_c" in files["metrics/train_head.json"]["data"]
     plots = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
-    assert set(plots) == {"metrics/plots/train_head_sweep.csv",
+    assert set(plots) == {"metrics/evaluate_per_class.csv", "metrics/plots/train_head_sweep.csv",
                           "metrics/plots/finetune_history.csv",
                           "metrics/plots/test_predictions.csv", "metrics/plots/confusion.png",
                           "metrics/plots/test_grid.png"}

@@ -26,7 +26,7 @@ from conftest import REPO_ROOT
 from dvc_project import dvc, exp_show, make_project, run
 
 pytestmark = pytest.mark.slow
-_VEGA_PLOTS = 3  # train_head sweep, fine-tuning history, test confusion (dvc.yaml)
+_VEGA_PLOTS = 4  # train_head sweep, fine-tuning history, per-class recall, confusion
 
 
 @pytest.fixture(scope="module")

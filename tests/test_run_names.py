@@ -32,6 +32,8 @@ def test_description_lists_every_change_against_its_commit() -> None:
     assert describe("wide", "0123456789abcdef", changes) == (
         "DVC experiment `wide`, on commit `0123456`.\n\n"
         "Params changed from commit `0123456`:\n- `freeze`: all → none")
+    assert describe(None, "0123456789abcdef", changes, commit="fedcba9876543210").startswith(
+        "Result committed in `fedcba9`, compared with its parent, commit `0123456`.\n\n")
     assert describe(None, None, {}) == ("Pipeline run on the committed params.yaml.\n\n"
                                         "Params: the same as the committed params.yaml.")
 

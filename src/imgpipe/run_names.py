@@ -48,11 +48,18 @@ def run_name(exp_name: str | None, changes: Mapping[str, tuple[Any, Any]]) -> st
 
 
 def describe(exp_name: str | None, baseline_rev: str | None,
-             changes: Mapping[str, tuple[Any, Any]]) -> str:
-    """Markdown for the run's description (MLflow's `mlflow.note.content` tag)."""
+             changes: Mapping[str, tuple[Any, Any]], commit: str | None = None) -> str:
+    """Markdown for the run's description (MLflow's `mlflow.note.content` tag).
+
+    `commit`: the run is the result committed there, `baseline_rev` being its parent.
+    """
     where = f"commit `{baseline_rev[:7]}`" if baseline_rev else "the committed params.yaml"
-    head = (f"DVC experiment `{exp_name}`, on {where}." if exp_name
-            else f"Pipeline run on {where}.")
+    if exp_name:
+        head = f"DVC experiment `{exp_name}`, on {where}."
+    elif commit:
+        head = f"Result committed in `{commit[:7]}`, compared with its parent, {where}."
+    else:
+        head = f"Pipeline run on {where}."
     if not changes:
         return f"{head}\n\nParams: the same as {where}."
     lines = [f"- `{key}`: {_short(before)} → {_short(after)}"

@@ -143,10 +143,11 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
                  baseline: dict | None, baseline_rev: str | None, exp_name: str | None,
                  experiment: str, key: str, tags: dict[str, str] | None = None,
                  register_as: str | None = None, example_image: bytes | None = None,
-                 ) -> RunRecord:
+                 commit: str | None = None) -> RunRecord:
     """The MLflow record of the result whose files are at `relative` under `root` (with its
     `dvc.lock`). Missing files are left out: a commit whose DVC outputs are not in the
-    local cache has no model or dataset to log."""
+    local cache has no model or dataset to log. `commit`: the result is the one committed
+    there (sync-mlflow), `baseline_rev` being its parent."""
     paths, lock_path = relative.under(root), root / "dvc.lock"
     changes = {} if baseline is None else changed_params(params, baseline)
     manifest_path = paths.prepared_dir / MANIFEST_NAME
@@ -178,7 +179,7 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
                                lock_path) if p is not None and p.is_file()],
         tags=all_tags,
         run_name=run_name(exp_name, changes),
-        description=describe(exp_name, baseline_rev, changes),
+        description=describe(exp_name, baseline_rev, changes, commit),
         model_file=paths.model if paths.model.is_file() else None,
         classes=json.loads(classes_path.read_text()) if classes_path.is_file() else [],
         example_image=example_image,

@@ -112,6 +112,7 @@ def _sync_one(repo_root: Path, rev: str, name: str, is_experiment: bool, runs: l
         record = build_record(
             relative, root, params=params, baseline=baseline, baseline_rev=baseline_rev,
             exp_name=name if is_experiment else None, experiment=experiment, key=key,
+            commit=None if is_experiment else rev,
             tags={"dvc_rev": rev, "logged_by": "sync-mlflow",
                   # MLflow fills these from the process that logs: here, this command.
                   "git_commit": commit or rev, "mlflow.source.git.commit": commit or rev,
