@@ -61,13 +61,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, log: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 over `backend_uri`; yields its URL."""
+def mlflow_server(backend_uri: str, log: Path,
+                  artifacts: Path | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri` (artifacts served from `artifacts`
+    when given); yields its URL."""
     port = free_port()
+    extra = [] if artifacts is None else ["--artifacts-destination", str(artifacts)]
     with log.open("w") as stream:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-             str(port), "--backend-store-uri", backend_uri, "--workers", "1"],
+             str(port), "--backend-store-uri", backend_uri, "--workers", "1", *extra],
             stdout=subprocess.DEVNULL, stderr=stream)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from browser import mlflow_server
 from dvc_project import dvc, make_project
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` with a sqlite backend and artifacts in a temporary folder."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'backend.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):  # up to 2 minutes to start
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError((root / "server.log").read_text()) from None
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not start in 2 minutes")
+    with mlflow_server(f"sqlite:///{root / 'backend.db'}", root / "server.log",
+                       artifacts=root / "artifacts") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _api(url: str, endpoint: str, **query) -> dict:
