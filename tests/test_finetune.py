@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgpipe.backbones import build_backbone
-from imgpipe.finetune import parameter_counts, set_trainable, train_epoch
+from imgpipe.finetune import Training, parameter_counts, set_trainable, train_epoch
 from imgpipe.head import load_head
 from imgpipe.model import ImageClassifier, load_model
-from imgpipe.params import BackboneParams, FinetuneParams
+from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams
 from stages.finetune_full import finetune_full
 
 LITE0 = BackboneParams("efficientnet_lite0", True, None)
@@ -54,13 +54,14 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
     loader = DataLoader(TensorDataset(images, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])),
                         batch_size=4)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    train_epoch(model, frozen, loader, optimizer, "test")
+    train_epoch(model, Training(optimizer, frozen=frozen), loader, "test")
     assert torch.equal(frozen_bn.running_mean, before[0])
     assert not torch.equal(trained_bn.running_mean, before[1])
 
 
 def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
-                 checkpoint_dir: Path | None = None, **overrides) -> dict:
+                 checkpoint_dir: Path | None = None, augment: AugmentParams | None = None,
+                 **overrides) -> dict:
     params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
                                       weight_decay=0.0, head_lr_mult=1.0), **overrides})
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
                          head_path=probed["head"],
                          model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
                          history_path=tmp_path / "history.csv", freeze=freeze,
-                         backbone_params=LITE0, params=params)
+                         backbone_params=LITE0, params=params, augment=augment)
 
 
 def test_freeze_all_keeps_the_linear_probe_as_the_final_model(probed, tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
     loader = DataLoader(TensorDataset(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])),
                         batch_size=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_epoch(model, frozen, loader, optimizer, "test", bn_stats="frozen")
+    train_epoch(model, Training(optimizer, frozen=frozen, bn_stats="frozen"), loader, "test")
     assert torch.equal(model.trunk._bn1.running_mean, before)
     assert model.training  # only BatchNorm layers were switched to eval
 
@@ -137,7 +138,8 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
                                                          monkeypatch) -> None:
     import imgpipe.finetune
 
-    common = dict(epochs=3, lr=3e-4, trainable_blocks=2)
+    # The frozen blocks run every epoch here; test_frozen_prefix covers cached views.
+    common = dict(epochs=3, lr=3e-4, trainable_blocks=2, cached_views=0)
     run_finetune(probed, tmp_path / "straight", "partial", **common)
 
     real_train_epoch, calls = imgpipe.finetune.train_epoch, []
@@ -157,7 +159,7 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
     trained_epochs = []
 
     def count(*args, **kwargs):
-        trained_epochs.append(args[4])  # the progress label, "epoch N"
+        trained_epochs.append(kwargs["desc"])  # the progress label, "epoch N"
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(imgpipe.finetune, "train_epoch", count)
@@ -199,9 +201,9 @@ def test_label_smoothing_penalises_confident_correct_predictions() -> None:
         model.head.bias.zero_()
     loader = DataLoader(TensorDataset(torch.eye(3), torch.arange(3)), batch_size=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    plain = train_epoch(model, [], loader, optimizer, "t").loss
-    smoothed = train_epoch(model, [], loader, optimizer, "t",
-                           criterion=nn.CrossEntropyLoss(label_smoothing=0.3)).loss
+    plain = train_epoch(model, Training(optimizer), loader, "t").loss
+    smoothed = train_epoch(model, Training(optimizer, criterion=nn.CrossEntropyLoss(
+        label_smoothing=0.3)), loader, "t").loss
     assert plain < 1e-6 < smoothed
 
 

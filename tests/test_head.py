@@ -155,3 +155,38 @@ def test_boundary_margin_is_the_distance_to_the_nearest_half_step() -> None:
     assert boundary_margin(np.array([3 * step])) == pytest.approx(step / 2)
     assert boundary_margin(np.array([3 * step, 2.5 * step])) == pytest.approx(0, abs=1e-12)
     assert boundary_margin(np.array([-2.4 * step])) == pytest.approx(0.1 * step)
+
+
+def test_the_probe_is_a_stationary_point_of_its_penalised_loss(tmp_path: Path) -> None:
+    # finetune_full's head_penalty: probe restates the probe's own L2 penalty, so the loss
+    # fine-tuning starts on is minimal at the probe: its head gradient is ~0 (only the
+    # coefficient rounding and the solver's tolerance are left), against the pull of
+    # plain cross-entropy towards larger weights.
+    from imgpipe.head import load_probe_penalty
+
+    train, val = blobs(40, 3, seed=0, spread=3.0), blobs(10, 3, seed=1, spread=3.0)
+    probe = fit_linear_probe(train, val, 3, c_grid=[0.01], max_iter=1000)
+    save_head(tmp_path / "head.pt", probe, ["a", "b", "c"], INFO)
+    head, _, _ = load_head(tmp_path / "head.pt")
+    penalty = load_probe_penalty(tmp_path / "head.pt")
+    assert penalty.strength == pytest.approx(1 / (2 * 0.01 * 120))
+    features, labels = torch.from_numpy(train.features), torch.from_numpy(train.labels)
+
+    def head_gradient(with_penalty: bool) -> float:
+        head.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(features), labels)
+        (loss + penalty(head) if with_penalty else loss).backward()
+        # In standardised units, the ones the probe was fitted in.
+        return float((head.weight.grad / penalty.feature_scale).norm())
+
+    plain, penalised = head_gradient(False), head_gradient(True)
+    assert penalised < 0.02 * plain
+
+
+def test_a_head_file_without_the_penalty_fields_names_the_fix(tmp_path: Path) -> None:
+    from imgpipe.head import load_probe_penalty
+
+    torch.save({"weight": torch.zeros(2, 3), "bias": torch.zeros(2), "c": 1.0},
+               tmp_path / "old.pt")
+    with pytest.raises(DataError, match="dvc repro train_head"):
+        load_probe_penalty(tmp_path / "old.pt")

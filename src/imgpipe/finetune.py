@@ -8,6 +8,7 @@ rank 0 alone writes checkpoints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -95,26 +96,43 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
-                optimizer: torch.optim.Optimizer, desc: str, bn_stats: str = "update",
-                schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-                criterion: nn.Module | None = None, device: torch.device | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> EpochResult:
+@dataclass
+class Training:
+    """What every optimisation step needs, built once per run (finetune_full)."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped per step
+    criterion: nn.Module = dataclasses.field(default_factory=nn.CrossEntropyLoss)
+    frozen: list[nn.Module] = dataclasses.field(default_factory=list)  # kept in eval mode
+    bn_stats: str = "update"  # frozen: every BatchNorm normalises with running statistics
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    scaler: torch.amp.GradScaler | None = None  # enabled: float16 mixed precision (CUDA)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How long to train and which epoch to keep."""
+
+    epochs: int
+    select_by: SelectBy = "accuracy"  # val score; ties go to the lower val loss
+    patience: int = 0  # stop after this many epochs without a better val score; 0: never
+
+
+def train_epoch(model: nn.Module, training: Training, loader: DataLoader,
+                desc: str) -> EpochResult:
     """One pass over `loader` (this worker's share of it, under torchrun).
 
     Frozen modules stay in eval mode, so their BatchNorm statistics never move. With
     `bn_stats="frozen"` every BatchNorm layer normalises with its running statistics
     (its affine weights still train): small fine-tuning batches then cannot shift the
-    features away from those the linear probe was fitted on. An enabled `scaler` means
-    float16 mixed precision (CUDA). `criterion` defaults to plain cross-entropy.
+    features away from those the linear probe was fitted on.
     """
-    device = device or torch.device("cpu")
-    criterion = criterion or nn.CrossEntropyLoss()
+    device, optimizer, scaler = training.device, training.optimizer, training.scaler
     mixed = scaler is not None and scaler.is_enabled()
     model.train()
-    for module in frozen:
+    for module in training.frozen:
         module.eval()
-    if bn_stats == "frozen":
+    if training.bn_stats == "frozen":
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
@@ -123,7 +141,7 @@ def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, enabled=mixed):
             logits = model(images)
-            loss = criterion(logits, labels)
+            loss = training.criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if mixed:
             scaler.scale(loss).backward()
@@ -132,8 +150,8 @@ def train_epoch(model: nn.Module, frozen: list[nn.Module], loader: DataLoader,
         else:
             loss.backward()
             optimizer.step()
-        if schedule is not None:
-            schedule.step()  # per step: warmup and decay are in steps
+        if training.schedule is not None:
+            training.schedule.step()  # per step: warmup and decay are in steps
         loss_sum += loss.item() * len(labels)
         counts = _count(counts, labels, logits)
     return _result(loss_sum, counts)
@@ -168,6 +186,26 @@ def _result(loss_sum: float, counts: np.ndarray) -> EpochResult:
     return EpochResult(float(loss_sum / matrix.sum()), **scores(matrix))
 
 
+class PenalisedLoss(nn.Module):
+    """`loss(logits, labels) + penalty(head)`: cross-entropy plus a term on the head."""
+
+    def __init__(self, loss: nn.Module, penalty, head: nn.Linear) -> None:
+        super().__init__()
+        self.loss, self.penalty, self.head = loss, penalty, head
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, labels) + self.penalty(self.head)
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The train and val batches, and the module that takes them (None: the model)."""
+
+    train: DataLoader
+    val: DataLoader
+    net: nn.Module | None = None
+
+
 @dataclass
 class Progress:
     """Per-epoch history and the best-on-val weights so far; epoch 0 is the start."""
@@ -177,72 +215,67 @@ class Progress:
     best: dict
 
 
-def fit(model: ImageClassifier, frozen: list[nn.Module], *, train_loader: DataLoader,
-        val_loader: DataLoader, optimizer: torch.optim.Optimizer,
-        schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int, bn_stats: str,
-        progress: Progress, checkpoint: Path | None, criterion: nn.Module | None = None,
-        select_by: SelectBy = "accuracy", patience: int = 0,
-        device: torch.device | None = None, ranks: Ranks = ALONE,
-        scaler: torch.amp.GradScaler | None = None) -> Progress:
-    """Train up to `epochs`, keeping the best-on-val weights (higher `select_by`, then
-    lower loss; scores.best_index).
+def fit(model: ImageClassifier, training: Training, loaders: Loaders, selection: Selection,
+        progress: Progress, checkpoint: Path | None = None, ranks: Ranks = ALONE) -> Progress:
+    """Train up to `selection.epochs`, keeping the best-on-val weights of `model`.
 
-    `train_loader` must draw from a `DistributedSampler` (one replica when alone): its
-    order depends only on the seed and the epoch. Stops early after `patience` epochs
-    without a better val score (0: never). After every epoch the whole training state
-    (weights, optimizer, schedule, every worker's random generator, history) is written to
-    `checkpoint`; a run that finds one resumes after its epoch and ends with the same
-    result as a run never interrupted.
+    `loaders.net` trains and scores on the loaders' inputs: `model` itself on images, or
+    its tail on cached maps (frozen_prefix); either way it shares `model`'s parameters.
+    `loaders.train` must draw from a `DistributedSampler` (one replica when alone): its
+    order depends only on the seed and the epoch. After every epoch the whole training
+    state (weights, optimizer, schedule, every worker's random generator, history) is
+    written to `checkpoint`; a run that finds one resumes after its epoch and ends with
+    the same result as a run never interrupted.
     """
     if checkpoint is not None and checkpoint.is_file():
-        progress = _resume(checkpoint, model, optimizer, schedule, ranks)
-    sampler = train_loader.sampler
+        progress = _resume(checkpoint, model, training, ranks)
+    sampler = loaders.train.sampler
     if not isinstance(sampler, DistributedSampler):
-        raise TypeError("fit needs a train_loader with a DistributedSampler")
-    net = model
+        raise TypeError("fit needs a train loader with a DistributedSampler")
+    net = loaders.net or model
+    trained_net = net
     if distributed.active():  # gradients averaged over the workers after each backward
-        net = DistributedDataParallel(model, device_ids=[device] if device
-                                      and device.type == "cuda" else None)
-    for epoch in range(len(progress.history), epochs + 1):
-        if patience and epoch - progress.best["epoch"] > patience:
-            _logger.info("early stop: no better val score for %d epochs", patience)
+        device = training.device
+        trained_net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda"
+                                              else None)
+    for epoch in range(len(progress.history), selection.epochs + 1):
+        if selection.patience and epoch - progress.best["epoch"] > selection.patience:
+            _logger.info("early stop: no better val score for %d epochs", selection.patience)
             break
         sampler.set_epoch(epoch)
-        trained = train_epoch(net, frozen, train_loader, optimizer, f"epoch {epoch}",
-                              bn_stats=bn_stats, schedule=schedule, criterion=criterion,
-                              device=device, scaler=scaler)
-        val = evaluate_epoch(model, val_loader, device)
+        if hasattr(loaders.train.dataset, "set_epoch"):
+            loaders.train.dataset.set_epoch(epoch)  # cached views: this epoch's view
+        trained = train_epoch(trained_net, training, loaders.train, desc=f"epoch {epoch}")
+        val = evaluate_epoch(net, loaders.val, training.device)
         progress.history.append({"epoch": epoch, **trained.row("train"), **val.row("val")})
         _logger.info("epoch %d: train acc %.4f loss %.4f | val acc %.4f bal acc %.4f "
                      "macro-F1 %.4f loss %.4f", epoch, trained.accuracy, trained.loss,
                      val.accuracy, val.balanced_accuracy, val.macro_f1, val.loss)
-        if best_index([progress.best, progress.history[-1]], select_by) == 1:
+        if best_index([progress.best, progress.history[-1]], selection.select_by) == 1:
             progress.best_state = copy.deepcopy(model.state_dict())
             progress.best = progress.history[-1]
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, progress, ranks)
+            _save_checkpoint(checkpoint, model, training, progress, ranks)
     return progress
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     schedule: torch.optim.lr_scheduler.LRScheduler, progress: Progress,
+def _save_checkpoint(path: Path, model: nn.Module, training: Training, progress: Progress,
                      ranks: Ranks) -> None:
     rng_states = distributed.gather(torch.get_rng_state())  # augmentation, per worker
     if ranks.main:
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "schedule": schedule.state_dict(), "torch_rng": rng_states,
+        payload = {"model": model.state_dict(), "optimizer": training.optimizer.state_dict(),
+                   "schedule": training.schedule.state_dict(), "torch_rng": rng_states,
                    "history": progress.history, "best_state": progress.best_state,
                    "best_epoch": progress.best["epoch"]}
         save_torch(path, payload)
     distributed.barrier()  # nobody runs ahead of a checkpoint that may be needed
 
 
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler, ranks: Ranks) -> Progress:
+def _resume(path: Path, model: nn.Module, training: Training, ranks: Ranks) -> Progress:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    schedule.load_state_dict(payload["schedule"])
+    training.optimizer.load_state_dict(payload["optimizer"])
+    training.schedule.load_state_dict(payload["schedule"])
     if len(payload["torch_rng"]) == ranks.world:
         torch.set_rng_state(payload["torch_rng"][ranks.rank])
     history = payload["history"]

@@ -66,6 +66,10 @@ class LinearProbe:
     bias: np.ndarray  # (C,)
     best_c: float
     sweep: list[SweepPoint]
+    # (D,) the train std (floored) the coefficients were regularised in; with best_c and
+    # n_train it restates the probe's L2 penalty on raw-feature weights (probe_penalty).
+    feature_scale: np.ndarray
+    n_train: int
 
     @property
     def best(self) -> SweepPoint:
@@ -125,7 +129,7 @@ def fit_linear_probe(train: FeatureSet, val: FeatureSet, num_classes: int,
                      sweep[-1].val_loss)
     best = best_point(sweep, select_by)
     weight, bias = _fold_standardisation(*rows[best.c], mean, scale)
-    return LinearProbe(weight, bias, best.c, sweep)
+    return LinearProbe(weight, bias, best.c, sweep, scale.astype(np.float32), len(train.labels))
 
 
 def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> SweepPoint:
@@ -186,7 +190,9 @@ def _fold_standardisation(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray
 
 def save_head(path: Path, probe: LinearProbe, classes: list[str], info: BackboneInfo) -> None:
     payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
-               "classes": list(classes), "backbone": asdict(info), "c": probe.best_c}
+               "classes": list(classes), "backbone": asdict(info), "c": probe.best_c,
+               "feature_scale": torch.from_numpy(probe.feature_scale),
+               "n_train": probe.n_train}
     save_torch(path, payload)
 
 
@@ -201,6 +207,37 @@ def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
         head.weight.copy_(weight)
         head.bias.copy_(payload["bias"])
     return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])
+
+
+@dataclass(frozen=True)
+class ProbePenalty:
+    """The probe's own L2 penalty, restated for a head on raw features.
+
+    sklearn minimises C * sum(loss) + |w|^2 / 2 over weights w on standardised features;
+    per image that is mean(loss) + |w|^2 / (2 C N), and w = raw weight * feature scale.
+    Added to the fine-tuning loss, it makes the probe the optimum of the loss it starts
+    from: the head's first gradients are ~0 instead of pulling it towards the
+    unregularised fit that the probe's C sweep rejected on val.
+    """
+
+    feature_scale: torch.Tensor  # (D,)
+    strength: float  # 1 / (2 C N)
+
+    def to(self, device: torch.device) -> ProbePenalty:
+        return ProbePenalty(self.feature_scale.to(device), self.strength)
+
+    def __call__(self, head: nn.Linear) -> torch.Tensor:
+        return self.strength * (head.weight * self.feature_scale).square().sum()
+
+
+def load_probe_penalty(path: Path) -> ProbePenalty:
+    """The penalty the probe in `path` was fitted under."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "feature_scale" not in payload:
+        raise DataError(f"{path} predates the stored probe penalty: run `dvc repro train_head` "
+                        "to refit it, or set finetune_full.head_penalty: none")
+    return ProbePenalty(payload["feature_scale"],
+                        1.0 / (2.0 * float(payload["c"]) * int(payload["n_train"])))
 
 
 def init_head(head: nn.Linear, mode: str, classes: list[str], imagenet_rows: dict[str, int],

@@ -90,7 +90,7 @@ class TrainHeadParams:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneParams:
-    trainable_blocks: int = 3  # freeze=partial: trailing backbone blocks trained
+    trainable_blocks: int = 6  # freeze=partial: trailing backbone blocks trained
     trainable_patterns: list[str] = dataclasses.field(default_factory=list)  # name regexes
     epochs: int = 4
     batch_size: int = 16
@@ -106,6 +106,8 @@ class FinetuneParams:
     label_smoothing: float = 0.0
     patience: int = 0  # early stopping: epochs without val improvement; 0 = off
     head_init: Literal["probe", "xavier", "zeros"] = "probe"
+    head_penalty: Literal["probe", "none"] = "probe"  # keep the probe's L2 on the head
+    cached_views: int = 4  # partial: augmented views whose frozen-block outputs are cached
     imagenet_rows: dict[str, int] = dataclasses.field(default_factory=dict)  # class -> index
     negative_class: str | None = None  # its row = minus the mean of the imagenet_rows
     bn_stats: Literal["frozen", "update"] = "frozen"  # BatchNorm running stats in training
@@ -124,6 +126,7 @@ class FinetuneParams:
         _check_range("finetune_full.warmup_epochs", self.warmup_epochs, 0.0, self.epochs)
         _check_range("finetune_full.label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check_range("finetune_full.patience", self.patience, 0, 10_000)
+        _check_range("finetune_full.cached_views", self.cached_views, 0, 1000)
         for index in self.imagenet_rows.values():
             _check_range("finetune_full.imagenet_rows", index, 0, 999)
         for pattern in self.trainable_patterns:
@@ -147,6 +150,12 @@ class AugmentParams:
         _check_range("augment.rotation", self.rotation, 0.0, 180.0)
         _check_range("augment.color_jitter", self.color_jitter, 0.0, 1.0)
         _check_range("augment.grayscale", self.grayscale, 0.0, 1.0)
+
+    @property
+    def deterministic(self) -> bool:
+        """True when every augmentation is off: each image has one train view."""
+        return (self.crop_scale_min == 1.0 and not self.hflip and self.rotation == 0
+                and self.color_jitter == 0 and self.grayscale == 0)
 
 
 @dataclasses.dataclass(frozen=True)
