@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from repo_copy import committed_params
 
 from conftest import REPO_ROOT
 from imgpipe.closure import import_closure
 from imgpipe.manifest import INDEX_NAMES
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+PARAMS = committed_params()
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE["stages"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,8 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
     trained_epochs = []
 
     def count(*args, **kwargs):
-        trained_epochs.append(args[4])  # the progress label, "epoch N"
+        call = inspect.signature(real_train_epoch).bind(*args, **kwargs)
+        trained_epochs.append(call.arguments["desc"])  # the progress label, "epoch N"
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(imgpipe.finetune, "train_epoch", count)

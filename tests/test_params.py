@@ -3,13 +3,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
+from repo_copy import committed_params, committed_text
 
-from conftest import REPO_ROOT
 from imgpipe.errors import ParamsError
 from imgpipe.params import flatten, load_params, parse_params
 
-RAW = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+RAW = committed_params()
 
 
 def with_value(dotted: str, value: object) -> dict:
@@ -22,8 +21,9 @@ def with_value(dotted: str, value: object) -> dict:
     return raw
 
 
-def test_repository_params_file_is_valid() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+def test_repository_params_file_is_valid(tmp_path) -> None:
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml"))
+    params = load_params(tmp_path / "params.yaml")
     assert params.freeze in ("all", "partial", "none")
     assert params.backbone.name == "efficientnet_lite0"
     assert params.backbone.pretrained is True

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -41,7 +42,9 @@ def test_first_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     assert stages_run(result.stdout) == set(STAGES)
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert metrics["images"] == 6  # 3 classes x 2 test images (20% of 10)
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    predictions = pd.read_csv(project / "metrics" / "plots" / "test_predictions.csv")
+    assert len(predictions) == 6
+    assert metrics["accuracy"] == (predictions["actual"] == predictions["predicted"]).mean()
     assert (project / "models" / "model.pt").is_file()
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-q", "-m", "first run")
