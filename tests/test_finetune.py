@@ -74,10 +74,11 @@ def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
 
 def test_freeze_all_keeps_the_linear_probe_as_the_final_model(probed, tmp_path: Path) -> None:
     metrics = run_finetune(probed, tmp_path, "all")
-    model, classes, _, payload = load_model(tmp_path / "model.pt")
-    head, head_classes, _ = load_head(probed["head"])
-    assert torch.equal(model.head.weight, head.weight) and classes == head_classes
-    assert metrics["best_epoch"] == 0 and payload["freeze"] == "all"
+    model, record = load_model(tmp_path / "model.pt")
+    head, head_classes, head_info = load_head(probed["head"])
+    assert torch.equal(model.head.weight, head.weight) and record.classes == head_classes
+    assert metrics["best_epoch"] == record.best_epoch == 0 and record.freeze == "all"
+    assert record.backbone == head_info and record.image_size == 64
     assert len(pd.read_csv(tmp_path / "history.csv")) == 1
 
 
@@ -88,7 +89,7 @@ def test_best_on_val_epoch_is_kept_not_the_last(probed, tmp_path: Path) -> None:
     assert list(history["epoch"]) == [0, 1, 2]
     assert history["val_accuracy"][0] > history["val_accuracy"][2]
     assert metrics["best_epoch"] == 0
-    model, _, _, _ = load_model(tmp_path / "model.pt")
+    model, _ = load_model(tmp_path / "model.pt")
     head, _, _ = load_head(probed["head"])
     assert torch.equal(model.head.weight, head.weight)
 
