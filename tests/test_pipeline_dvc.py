@@ -71,6 +71,34 @@ def test_second_repro_runs_no_stage(project: Path) -> None:
     assert "didn't change, skipping" in result.stdout
 
 
+# A one-line edit of each module -> the stages `dvc status` then reports changed: those
+# that import it. The stages after them re-run under `dvc repro` only if their outputs
+# change (finetune_full's model.pt -> evaluate).
+CODE_EDITS = {
+    "src/imgpipe/augment.py": {"finetune_full"},  # the augmentation
+    "src/imgpipe/finetune.py": {"finetune_full"},  # the fine-tuning loop
+    "src/imgpipe/optim.py": {"finetune_full"},
+    "src/imgpipe/head.py": {"train_head", "finetune_full"},  # the probe
+    "src/imgpipe/tracking.py": {"evaluate"},  # MLflow logging
+    "src/imgpipe/pyfunc.py": {"evaluate"},
+    "src/imgpipe/featurize.py": {"extract"},
+    "src/imgpipe/prepare_image.py": {"prepare"},
+}
+
+
+@pytest.mark.parametrize(("module", "stages"), list(CODE_EDITS.items()))
+def test_a_one_line_code_edit_changes_only_the_stages_that_run_it(
+        project: Path, module: str, stages: set[str]) -> None:
+    with (project / module).open("a") as handle:
+        handle.write("# a one-line edit\n")
+    try:
+        changed = json.loads(dvc(project, "status", "--json").stdout)
+    finally:
+        run(project, "git", "checkout", "--", module)
+    assert set(changed) == stages
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
 def test_train_head_param_reruns_from_train_head_with_cached_features(project: Path) -> None:
     result = dvc(project, "exp", "run", "-S", "train_head.c_grid=[0.01]")
     assert stages_run(result.stdout) == {"train_head", "finetune_full", "evaluate"}
