@@ -1,4 +1,5 @@
-# The front door: `make repro` runs the pipeline, `make test` runs the test suite,
+# The front door: `make repro` runs the pipeline, `make test` runs the test suite
+# (`make test-fast` leaves out the tests marked slow),
 # `make check-repro` reproduces the pipeline and compares it with the committed results.
 # All of them create .venv from the lock file first, when needed.
 
@@ -16,7 +17,7 @@ PIP_CONSTRAINT_FILE := $(shell python3 -m pip config list 2>/dev/null | sed -n "
 # dvc.yaml runs `python ...`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup lock repro check-repro test lint dag sample
+.PHONY: setup lock repro check-repro test test-fast lint dag sample
 
 setup: $(INSTALLED)
 
@@ -46,8 +47,13 @@ repro: setup
 check-repro: setup
 	$(PYTHON) scripts/check_repro.py $(CHECK_REPRO_ARGS)
 
+# Everything: unit tests and the `slow` ones that run real dvc commands on a copy.
 test: setup
 	$(PYTHON) -m pytest
+
+# The edit-test loop: every test not marked `slow` (no dvc commands, no bench).
+test-fast: setup
+	$(PYTHON) -m pytest -m "not slow"
 
 lint: setup
 	ruff check src tests scripts bench

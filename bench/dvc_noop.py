@@ -6,8 +6,8 @@ and one folder output, the least any pipeline over that dataset has DVC check, a
 bar. A one-stage pipeline on one small file (`cp a b`) is timed too, for context: DVC's
 start-up cost alone.
 
-The pipeline project is a git + DVC copy of this repository (as tests/dvc_project.py's
-make_project builds one) with `data.source` pointing at the generated dataset. Its first
+The pipeline project is a git + DVC copy of this repository (scripts/repo_copy.py, which
+tests/dvc_project.py uses too) with `data.source` pointing at the generated dataset. Its first
 `dvc repro` reuses prepare's and extract's outputs from the cost-growth runs when their
 params match (`dvc commit` records them in dvc.lock as a repro would) and runs the other
 stages; a full repro otherwise.
@@ -16,7 +16,6 @@ stages; a full repro otherwise.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
+from scripts.repo_copy import copy_repository, git_env
 
 from bench.child import REPO_ROOT
 from bench.report import Check, Target
@@ -34,22 +34,11 @@ from imgpipe.params import load_params
 
 _logger = logging.getLogger(__name__)
 GOAL_SECONDS, GOAL_RATIO = 3.0, 1.5
-_COPIED = ("dvc.yaml", "params.yaml", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own mlflow.db
-    env.update(GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com",
-               DVC_NO_ANALYTICS="1")
-    return env
 
 
 def run(project: Path, *args: str) -> str:
     """Run a command in `project`; its stdout. Raises with the output on failure."""
-    result = subprocess.run(args, cwd=project, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(args, cwd=project, env=git_env("bench"), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed in {project}:\n{result.stdout}\n"
                            f"{result.stderr}")
@@ -67,19 +56,9 @@ def _git_commit(project: Path, message: str) -> None:
 
 
 def make_pipeline_project(project: Path, source: Path) -> Path:
-    """A git + DVC copy of the repository whose data.source is `source`."""
-    for name in _COPIED:
-        origin, copy = REPO_ROOT / name, project / name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        if origin.is_dir():
-            shutil.copytree(origin, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(origin, copy)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"].update(source=str(source), classes=None)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git_commit(project, "pipeline project")
-    return project
+    """A git + DVC copy of the repository (committed params) whose data.source is `source`."""
+    return copy_repository(project, lambda params: params["data"].update(
+        source=str(source), classes=None), "pipeline project")
 
 
 def make_baseline_project(project: Path, source: Path | None = None) -> Path:

@@ -30,11 +30,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "src")]
 
 import torch  # noqa: E402
+from scripts.repo_copy import committed_params  # noqa: E402
 
 from bench import dvc_noop, growth, head, incremental, throughput  # noqa: E402
 from bench.report import Target, write_report  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
-from imgpipe.params import load_params  # noqa: E402
+from imgpipe.params import parse_params  # noqa: E402
 
 _logger = logging.getLogger("bench")
 TARGETS = ("throughput", "head", "incremental", "dvc", "memory", "growth")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     work = args.work or Path(tempfile.mkdtemp(prefix="imgpipe-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    workspace = Workspace(work.resolve(), load_params(REPO_ROOT / "params.yaml"),
+    workspace = Workspace(work.resolve(), parse_params(committed_params()),
                           args.threads, max(args.sizes))
     context = {"command": "python " + shlex.join(sys.argv if argv is None else
                                                  ["bench/run.py", *argv]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -12,25 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from conftest import REPO_ROOT
+from repo_copy import copy_repository, git_env
 
 STAGES = ("prepare", "extract", "train_head", "finetune_full", "evaluate")
-_COPIED = ("dvc.yaml", "src", ".dvc/config", ".dvc/.gitignore", ".dvc/plots_offline.html",
-           ".gitignore")
 
 
 def dvc_env(project: Path, **extra: str) -> dict[str, str]:
     """The environment `dvc` runs in: this venv first on PATH, git identity, `extra`."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: mlflow.db in the project
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-               DVC_NO_ANALYTICS="1")
-    env.update(extra)
-    return env
+    return git_env(**extra)
 
 
 def run(project: Path, *args: str, check: bool = True,
@@ -55,35 +43,16 @@ def stages_restored(output: str) -> set[str]:
     return set(re.findall(r"Stage '(\w+)' is cached - skipping run", output))
 
 
-def committed_params_text() -> str:
-    """The repository's params.yaml as committed: a user's uncommitted edits (`dvc exp run
-    -S` leaves them in the workspace) must not change what the tests run."""
-    result = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO_ROOT,
-                            capture_output=True, text=True)
-    if result.returncode == 0:
-        return result.stdout
-    return (REPO_ROOT / "params.yaml").read_text()  # not a git checkout (an sdist)
-
-
 def make_project(project: Path, digits_dir: Path) -> Path:
     """A git + DVC copy of the repository whose params point at a tiny dataset."""
-    for name in _COPIED:
-        source, target = REPO_ROOT / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
     shutil.copytree(digits_dir, project / "data" / "tiny")
-    params = yaml.safe_load(committed_params_text())
-    params["data"]["source"] = "data/tiny"
-    params["train_head"]["c_grid"] = [0.1, 1.0]
-    params["finetune_full"].update(epochs=1, batch_size=8, trainable_blocks=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(project, "git", "init", "-q")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-q", "-m", "tiny project")
-    return project
+
+    def tiny(params: dict) -> None:
+        params["data"]["source"] = "data/tiny"
+        params["train_head"]["c_grid"] = [0.1, 1.0]
+        params["finetune_full"].update(epochs=1, batch_size=8, trainable_blocks=1)
+
+    return copy_repository(project, tiny, "tiny project")
 
 
 def start_queue(project: Path, jobs: int) -> None:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from make_digits import render_digits
 
-import stages.extract
-import stages.prepare
+import imgpipe.featurize
+import imgpipe.prepare_image
 from imgpipe.cache import ItemCache
 from imgpipe.features import load_split
 from stages.extract import extract
@@ -48,13 +48,13 @@ def run_extract(prepared: Path, out: Path, cache_dir: Path | None, **backbone) -
 def decoded(monkeypatch) -> list[int]:
     """Counts images prepare decodes and resizes."""
     calls: list[int] = []
-    real = stages.prepare.square_resize
+    real = imgpipe.prepare_image.square_resize
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages.prepare, "square_resize", counting)
+    monkeypatch.setattr(imgpipe.prepare_image, "square_resize", counting)
     return calls
 
 
@@ -62,13 +62,13 @@ def decoded(monkeypatch) -> list[int]:
 def forwarded(monkeypatch) -> list[int]:
     """Counts images extract sends through the network."""
     counts: list[int] = []
-    real = stages.extract.forward_sharded
+    real = imgpipe.featurize.forward_sharded
 
     def counting(module, items, *args, **kwargs):
         counts.append(len(items))
         return real(module, items, *args, **kwargs)
 
-    monkeypatch.setattr(stages.extract, "forward_sharded", counting)
+    monkeypatch.setattr(imgpipe.featurize, "forward_sharded", counting)
     return counts
 
 

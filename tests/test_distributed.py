@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from repo_copy import committed_params
 
 from conftest import REPO_ROOT
 from imgpipe.distributed import Ranks, resolve_device
@@ -32,7 +33,7 @@ NO_AUGMENT = dict(crop_scale_min=1.0)  # random crops would differ between the t
 def run_stage(project: Path, script: str, nproc: int, *args: str,
               **overrides: dict | str) -> subprocess.CompletedProcess:
     """Run src/stages/<script> in `project` with params.yaml's keys or sections overridden."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = committed_params()
     for key, value in overrides.items():
         params[key] = {**params[key], **value} if isinstance(value, dict) else value
     params["distributed"]["nproc_per_node"] = nproc

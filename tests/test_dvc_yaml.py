@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import yaml
+from repo_copy import committed_params
 
 from conftest import REPO_ROOT
+from imgpipe.closure import import_closure
 from imgpipe.manifest import INDEX_NAMES
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-_LIST_IMPORTS = """
-import importlib, json, sys
-importlib.import_module("stages." + sys.argv[1])
-print(json.dumps(sorted(
-    "src/imgpipe/" + m.__file__.replace("\\\\", "/").rsplit("/imgpipe/", 1)[1]
-    for m in list(sys.modules.values())
-    if (getattr(m, "__file__", None) or "").replace("\\\\", "/").count("/imgpipe/")
-    and not m.__file__.endswith("__init__.py"))))
-"""
+PARAMS = committed_params()
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE["stages"]))
 def test_stage_deps_list_exactly_the_library_modules_it_imports(stage: str) -> None:
-    result = subprocess.run([sys.executable, "-c", _LIST_IMPORTS, stage], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True,
-                            env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": ""})
-    imported = set(json.loads(result.stdout))
+    imported = {f"src/{name}" for name in import_closure(f"stages.{stage}",
+                                                         src_dir=REPO_ROOT / "src")}
     deps = PIPELINE["stages"][stage]["deps"]
     listed = {d for d in deps if isinstance(d, str) and d.startswith("src/imgpipe/")}
     assert listed == imported

@@ -10,7 +10,7 @@ import pytest
 
 from imgpipe.features import load_split
 from imgpipe.head import load_head
-from imgpipe.metrics import classification_metrics
+from imgpipe.metrics import classification_metrics, plot_prediction_grid
 
 
 def test_metrics_on_known_predictions() -> None:
@@ -46,8 +46,35 @@ def test_evaluate_agrees_with_the_head_on_cached_test_features(trained) -> None:
     assert trained["confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_prediction_grid_is_written(trained) -> None:
+def _red_columns(grid: np.ndarray) -> np.ndarray:
+    """x of every pure-red pixel: the titles of misclassified images."""
+    red = (grid[..., 0] > 200) & (grid[..., 1] < 60) & (grid[..., 2] < 60)
+    return np.nonzero(red)[1]
+
+
+def test_prediction_grid_shows_misclassified_images_first_in_red(tmp_path) -> None:
+    from PIL import Image
+
+    files = []
+    for i in range(8):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (32, 32), (90, 90, 90)).save(files[-1])
+    actual = ["a"] * 8
+    predicted = ["a", "a", "a", "b", "a", "a", "a", "b"]  # images 3 and 7 wrong
+    plot_prediction_grid(tmp_path / "grid.png", files, actual, predicted)
+    plot_prediction_grid(tmp_path / "right.png", files, actual, actual)
+    with Image.open(tmp_path / "grid.png") as grid, Image.open(tmp_path / "right.png") as right:
+        # 6 columns x 2 rows of 2.0 x 2.3 inch panels at 80 dpi.
+        assert grid.format == "PNG" and grid.size == right.size == (960, 368)
+        reds, right_reds = _red_columns(np.asarray(grid.convert("RGB"))), _red_columns(
+            np.asarray(right.convert("RGB")))
+    assert len(right_reds) == 0  # all correct: no red title
+    # The two wrong images fill the first two of six 160 px columns.
+    assert len(reds) > 0 and reds.max() < 2 * 160
+
+
+def test_the_pipeline_grid_has_one_panel_per_test_image(trained) -> None:
     from PIL import Image
 
     with Image.open(trained["grid"]) as grid:
-        assert grid.format == "PNG" and grid.width > 200
+        assert grid.format == "PNG" and grid.size == (960, 184)  # 6 test images, one row

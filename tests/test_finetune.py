@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -74,10 +75,11 @@ def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
 
 def test_freeze_all_keeps_the_linear_probe_as_the_final_model(probed, tmp_path: Path) -> None:
     metrics = run_finetune(probed, tmp_path, "all")
-    model, classes, _, payload = load_model(tmp_path / "model.pt")
-    head, head_classes, _ = load_head(probed["head"])
-    assert torch.equal(model.head.weight, head.weight) and classes == head_classes
-    assert metrics["best_epoch"] == 0 and payload["freeze"] == "all"
+    model, record = load_model(tmp_path / "model.pt")
+    head, head_classes, head_info = load_head(probed["head"])
+    assert torch.equal(model.head.weight, head.weight) and record.classes == head_classes
+    assert metrics["best_epoch"] == record.best_epoch == 0 and record.freeze == "all"
+    assert record.backbone == head_info and record.image_size == 64
     assert len(pd.read_csv(tmp_path / "history.csv")) == 1
 
 
@@ -88,7 +90,7 @@ def test_best_on_val_epoch_is_kept_not_the_last(probed, tmp_path: Path) -> None:
     assert list(history["epoch"]) == [0, 1, 2]
     assert history["val_accuracy"][0] > history["val_accuracy"][2]
     assert metrics["best_epoch"] == 0
-    model, _, _, _ = load_model(tmp_path / "model.pt")
+    model, _ = load_model(tmp_path / "model.pt")
     head, _, _ = load_head(probed["head"])
     assert torch.equal(model.head.weight, head.weight)
 
@@ -159,7 +161,8 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
     trained_epochs = []
 
     def count(*args, **kwargs):
-        trained_epochs.append(kwargs["desc"])  # the progress label, "epoch N"
+        call = inspect.signature(real_train_epoch).bind(*args, **kwargs)
+        trained_epochs.append(call.arguments["desc"])  # the progress label, "epoch N"
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(imgpipe.finetune, "train_epoch", count)

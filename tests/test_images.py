@@ -61,7 +61,8 @@ def _saved_jpeg(image: Image.Image, exif: Image.Exif):
 def test_train_augmentations_are_random_and_eval_is_not() -> None:
     import torch
 
-    from imgpipe.transforms import eval_transform, train_transform
+    from imgpipe.augment import train_transform
+    from imgpipe.transforms import eval_transform
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     augment = train_transform(32, [0.5] * 3, [0.5] * 3, crop_scale_min=0.5, hflip=True,

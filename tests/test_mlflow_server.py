@@ -50,7 +50,8 @@ def test_pipeline_run_is_recorded_on_the_server(server: str, tmp_path: Path,
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["freeze"] == "all" and params["data.source"] == "data/tiny"
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-    assert 0.0 <= metrics["summary.test_accuracy"] <= 1.0
+    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert metrics["summary.test_accuracy"] == pytest.approx(evaluated["accuracy"])
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["backbone"] == "efficientnet_lite0" and "dataset_fingerprint" in tags
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
+from repo_copy import committed_params, committed_text
 
-from conftest import REPO_ROOT
 from imgpipe.errors import ParamsError
 from imgpipe.params import flatten, load_params, parse_params
 
-RAW = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+RAW = committed_params()
 
 
 def with_value(dotted: str, value: object) -> dict:
@@ -22,8 +21,9 @@ def with_value(dotted: str, value: object) -> dict:
     return raw
 
 
-def test_repository_params_file_is_valid() -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
+def test_repository_params_file_is_valid(tmp_path) -> None:
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml"))
+    params = load_params(tmp_path / "params.yaml")
     assert params.freeze in ("all", "partial", "none")
     assert params.backbone.name == "efficientnet_lite0"
     assert params.backbone.pretrained is True
@@ -90,3 +90,40 @@ def test_weights_may_be_null_or_a_path() -> None:
 def test_flatten_gives_dotted_names() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {
         "a.b": 1, "a.c.d": None, "e": "x"}
+
+
+def _with(raw: dict, changes: dict[str, object]) -> dict:
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"finetune_full.batch_size": 16, "distributed.nproc_per_node": 3},
+     r"finetune_full.batch_size: 16 images cannot be shared equally by "
+     r"distributed.nproc_per_node: 3 .* use a multiple"),
+    ({"freeze": "all", "finetune_full.head_init": "xavier"},
+     r"finetune_full.head_init: 'xavier' with freeze: all .* use head_init: probe"),
+    ({"finetune_full.negative_class": "zero", "finetune_full.imagenet_rows": {}},
+     r"finetune_full.negative_class: 'zero' needs imagenet_rows"),
+    ({"finetune_full.imagenet_rows": {"zero": 1}, "backbone.pretrained": False},
+     r"finetune_full.imagenet_rows needs .* backbone.pretrained: False"),
+    ({"finetune_full.imagenet_rows": {"nine": 1}, "data.classes": ["zero", "one"]},
+     r"'nine' is not in data.classes \['zero', 'one'\]"),
+])
+def test_cross_section_conflicts_are_refused_before_any_stage_runs(
+        changes: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        parse_params(_with(copy.deepcopy(RAW), changes))
+
+
+def test_cross_section_settings_that_fit_together_are_accepted() -> None:
+    params = parse_params(_with(copy.deepcopy(RAW), {
+        "finetune_full.batch_size": 16, "distributed.nproc_per_node": 4, "freeze": "none",
+        "finetune_full.head_init": "xavier", "data.classes": ["zero", "one"],
+        "finetune_full.imagenet_rows": {"zero": 1}, "finetune_full.negative_class": "one"}))
+    assert params.finetune_full.negative_class == "one"

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -41,7 +42,9 @@ def test_first_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     assert stages_run(result.stdout) == set(STAGES)
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert metrics["images"] == 6  # 3 classes x 2 test images (20% of 10)
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    predictions = pd.read_csv(project / "metrics" / "plots" / "test_predictions.csv")
+    assert len(predictions) == 6
+    assert metrics["accuracy"] == (predictions["actual"] == predictions["predicted"]).mean()
     assert (project / "models" / "model.pt").is_file()
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-q", "-m", "first run")
@@ -66,6 +69,34 @@ def test_second_repro_runs_no_stage(project: Path) -> None:
     result = dvc(project, "repro")
     assert stages_run(result.stdout) == set()
     assert "didn't change, skipping" in result.stdout
+
+
+# A one-line edit of each module -> the stages `dvc status` then reports changed: those
+# that import it. The stages after them re-run under `dvc repro` only if their outputs
+# change (finetune_full's model.pt -> evaluate).
+CODE_EDITS = {
+    "src/imgpipe/augment.py": {"finetune_full"},  # the augmentation
+    "src/imgpipe/finetune.py": {"finetune_full"},  # the fine-tuning loop
+    "src/imgpipe/optim.py": {"finetune_full"},
+    "src/imgpipe/head.py": {"train_head", "finetune_full"},  # the probe
+    "src/imgpipe/tracking.py": {"evaluate"},  # MLflow logging
+    "src/imgpipe/pyfunc.py": {"evaluate"},
+    "src/imgpipe/featurize.py": {"extract"},
+    "src/imgpipe/prepare_image.py": {"prepare"},
+}
+
+
+@pytest.mark.parametrize(("module", "stages"), list(CODE_EDITS.items()))
+def test_a_one_line_code_edit_changes_only_the_stages_that_run_it(
+        project: Path, module: str, stages: set[str]) -> None:
+    with (project / module).open("a") as handle:
+        handle.write("# a one-line edit\n")
+    try:
+        changed = json.loads(dvc(project, "status", "--json").stdout)
+    finally:
+        run(project, "git", "checkout", "--", module)
+    assert set(changed) == stages
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
 def test_train_head_param_reruns_from_train_head_with_cached_features(project: Path) -> None:

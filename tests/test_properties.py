@@ -7,16 +7,15 @@ import csv
 import tempfile
 from pathlib import Path
 
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from repo_copy import committed_params
 
-from conftest import REPO_ROOT
 from imgpipe.errors import ParamsError
 from imgpipe.params import Params, parse_params
 from imgpipe.sources import list_samples
 
-RAW = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+RAW = committed_params()
 SECTIONS = [key for key, value in RAW.items() if isinstance(value, dict)]
 YAML_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

@@ -16,7 +16,7 @@ import pytest
 from imgpipe.errors import PipelineError
 from imgpipe.params import TrackingParams
 from imgpipe.run_record import ResultPaths, summary_metrics
-from imgpipe.tracking import RunRecord, default_tracking_uri, log_run
+from imgpipe.tracking import RunRecord, default_tracking_uri, log_run, model_requirements
 from stages.evaluate import track
 
 
@@ -182,3 +182,15 @@ def test_default_store_is_in_the_repository_dvc_names(tmp_path: Path, monkeypatc
     assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'repo' / 'mlflow.db'}"
     monkeypatch.delenv("DVC_ROOT")
     assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_model_requirements_pin_the_installed_version_of_each_package_the_model_imports(
+        ) -> None:
+    import importlib.metadata
+
+    requirements = dict(line.split("==") for line in model_requirements())
+    # predict.py and what it imports: torch, torchvision (backbones), PIL, numpy, tqdm;
+    # pyfunc.py: pandas. Not mlflow (it adds itself), not imgpipe, not the stdlib.
+    assert set(requirements) == {"numpy", "pandas", "pillow", "torch", "torchvision", "tqdm"}
+    for name, version in requirements.items():
+        assert version == importlib.metadata.version(name).split("+")[0]

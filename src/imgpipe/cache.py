@@ -7,9 +7,10 @@ dataset they only process the new ones. Layout:
     <cache_dir>/<kind>/<key>/<content id><suffix>
 
 `kind` is the stage ("prepared", "features"); `key` hashes the params, library versions
-and source code that the entries depend on, so a change to any of them starts a new
-folder and never reads a stale entry. Old folders are never read again; deleting the
-cache directory is always safe (the stages then recompute everything).
+and source code that the entries depend on (imgpipe.prepare_image and imgpipe.featurize
+derive them), so a change to any of them starts a new folder and never reads a stale
+entry. Old folders are never read again; deleting the cache directory is always safe (the
+stages then recompute everything).
 """
 
 from __future__ import annotations
@@ -20,20 +21,11 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from imgpipe.io import write_json
 
 KEY_NAME = "key.json"
-
-
-def source_digest(*modules: ModuleType) -> str:
-    """A hash of the modules' source files: the code version of a cache entry."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def file_digest(path: Path) -> str:

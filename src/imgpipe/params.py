@@ -3,7 +3,10 @@
 Each section of params.yaml is a frozen dataclass below; the field comments are the
 schema's documentation, params.yaml's comments are the user's. An unknown key, a value
 of the wrong type or outside its allowed set stops the stage with one line that names
-the key, the value and the fix (the closest known key, or the allowed values).
+the key, the value and the fix (the closest known key, or the allowed values). Checks
+that span sections (batch size and process count, freeze and head_init, imagenet_rows and
+the backbone or data.classes) are in `Params.__post_init__`, so every stage refuses a
+conflicting params.yaml before it does any work.
 """
 
 from __future__ import annotations
@@ -197,6 +200,34 @@ class Params:
     select_by: SelectBy = "accuracy"  # val score that picks the probe's C and the epoch
     class_balance: ClassBalance = "none"  # weights: loss weighted by inverse class frequency
     distributed: DistributedParams = dataclasses.field(default_factory=DistributedParams)
+
+    def __post_init__(self) -> None:
+        """Checks across sections: each section checks its own keys above."""
+        tune = self.finetune_full
+        if tune.batch_size % self.distributed.nproc_per_node:
+            raise ParamsError(
+                f"finetune_full.batch_size: {tune.batch_size} images cannot be shared "
+                f"equally by distributed.nproc_per_node: {self.distributed.nproc_per_node} "
+                "processes; use a multiple of nproc_per_node")
+        if self.freeze == "all" and tune.head_init != "probe":
+            raise ParamsError(
+                f"finetune_full.head_init: {tune.head_init!r} with freeze: all would leave "
+                "an untrained head; use head_init: probe, or freeze: partial or none")
+        if tune.negative_class is not None and not tune.imagenet_rows:
+            raise ParamsError(f"finetune_full.negative_class: {tune.negative_class!r} needs "
+                              "imagenet_rows to negate; set imagenet_rows or negative_class: null")
+        if tune.imagenet_rows and not (self.backbone.pretrained and self.backbone.weights is None):
+            raise ParamsError(
+                "finetune_full.imagenet_rows needs the pretrained ImageNet classifier, but "
+                f"backbone.pretrained: {self.backbone.pretrained}, backbone.weights: "
+                f"{self.backbone.weights!r}; set pretrained: true and weights: null, or "
+                "imagenet_rows: {}")
+        named = [*tune.imagenet_rows, *([tune.negative_class] if tune.negative_class else [])]
+        unknown = [name for name in named if self.data.classes and name not in self.data.classes]
+        if unknown:
+            raise ParamsError(
+                f"finetune_full.imagenet_rows / negative_class: {unknown[0]!r} is not in "
+                f"data.classes {self.data.classes!r}; use one of those names")
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

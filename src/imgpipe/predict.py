@@ -40,8 +40,9 @@ class Predictor:
     """A trained model with the preprocessing it was trained with."""
 
     def __init__(self, model_path: Path) -> None:
-        self.model, self.classes, info, payload = load_model(model_path)
-        self.image_size = int(payload["preprocess"]["image_size"])
+        self.model, record = load_model(model_path)
+        self.classes, self.image_size = record.classes, record.image_size
+        info = record.backbone
         self.transform = eval_transform(info.input_size, info.mean, info.std)
 
     def load(self, image: ImageInput) -> Image.Image:

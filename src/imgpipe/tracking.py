@@ -10,12 +10,15 @@ unless `tracking.required` is true.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.metadata
 import logging
 import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgpipe import pyfunc
+from imgpipe.closure import SRC_DIR, import_closure
 from imgpipe.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -181,8 +185,6 @@ def _log_dataset(dataset: DatasetInput) -> None:
 def _log_model(record: RunRecord) -> None:
     import mlflow
     import pandas as pd
-    import torch
-    import torchvision
 
     example = None if record.example_image is None else pd.DataFrame(
         {"path": [None], "image": [record.example_image]})
@@ -193,11 +195,30 @@ def _log_model(record: RunRecord) -> None:
         code_paths=[str(Path(__file__).parent)],
         signature=pyfunc.signature(record.classes),
         input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}",
-                          "pillow", "numpy", "pandas"],
+        pip_requirements=model_requirements(),
         registered_model_name=record.register_as,
     )
+
+
+def model_requirements() -> list[str]:
+    """pip requirements of the logged model: `name==version` of every installed
+    distribution that the model's code (imgpipe.pyfunc and its import closure) imports.
+
+    Versions are the installed ones, without a local label (torch `2.5.1+cpu` -> `2.5.1`,
+    which is what PyPI has). mlflow adds itself.
+    """
+    top_level: set[str] = set()
+    for name in import_closure(pyfunc.__name__):
+        for node in ast.walk(ast.parse((SRC_DIR / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                top_level |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top_level.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    names = {dist for module in top_level - {"imgpipe", "mlflow"} - sys.stdlib_module_names
+             for dist in distributions.get(module, [])}
+    return sorted(f"{dist}=={importlib.metadata.version(dist).split('+')[0]}"
+                  for dist in names)
 
 
 def _safe(name: str) -> str:

@@ -1,6 +1,8 @@
-"""Image -> tensor transforms: deterministic at eval, augmented for fine-tuning.
+"""Image -> tensor at eval: the deterministic transform of extract, evaluate and predict.
 
-Mean, std and input size always come from the backbone, never from params.
+Mean, std and input size always come from the backbone, never from params. The
+augmented transform of fine-tuning lives in imgpipe.augment, so that editing it
+re-runs finetune_full alone and leaves extract's per-image cache valid.
 """
 
 from __future__ import annotations
@@ -22,23 +24,3 @@ def eval_transform(input_size: int, mean: Sequence[float], std: Sequence[float])
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
-
-
-def train_transform(input_size: int, mean: Sequence[float], std: Sequence[float], *,
-                    crop_scale_min: float, hflip: bool, rotation: float = 0.0,
-                    color_jitter: float = 0.0, grayscale: float = 0.0) -> Transform:
-    """Random resized crop (area fraction in [crop_scale_min, 1]), then optional flips,
-    rotation (degrees), colour jitter (strength) and grayscale (probability)."""
-    steps: list[Callable] = [T.RandomResizedCrop(
-        input_size, scale=(crop_scale_min, 1.0),
-        interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    if rotation > 0:
-        steps.append(T.RandomRotation(rotation, interpolation=T.InterpolationMode.BILINEAR))
-    if color_jitter > 0:
-        steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                   saturation=color_jitter))
-    if grayscale > 0:
-        steps.append(T.RandomGrayscale(grayscale))
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])

@@ -53,7 +53,8 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     `metrics_path` gets the overall figures only, so that `dvc exp show` stays readable;
     the per-class precision, recall, F1 and support go to `per_class_path`.
     """
-    model, classes, info, _ = load_model(model_path)
+    model, record = load_model(model_path)
+    classes, info = record.classes, record.backbone
     table = read_manifest(prepared_dir, "test")
     transform = eval_transform(info.input_size, info.mean, info.std)
     logits = forward_all(model, table["file"], transform, batch_size, "evaluate",

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from imgpipe import distributed, frozen_prefix, stage
+from imgpipe.augment import train_transform
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import Backbone, build_backbone
 from imgpipe.data import ImageDataset
@@ -54,7 +55,7 @@ from imgpipe.params import (
     SelectBy,
     load_params,
 )
-from imgpipe.transforms import eval_transform, train_transform
+from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
 

@@ -3,27 +3,24 @@
 Reads `data.source` and `prepare.*`. Writes the prepared folder (see imgpipe.manifest),
 the counts in the metrics file and every skipped file, with its reason, in a report.
 With a cache folder, each resized image is also kept there under its source's content
-hash, so a later run decodes only images it has not seen (see imgpipe.cache).
+hash, so a later run decodes only images it has not seen (imgpipe.prepare_image says
+what the cache key is made of).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
-import PIL
-from PIL import Image
 from tqdm import tqdm
 
-from imgpipe import images, stage
-from imgpipe.cache import ItemCache, file_digest, place, source_digest
+from imgpipe import stage
+from imgpipe.cache import ItemCache, file_digest
 from imgpipe.errors import DataError
-from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
+from imgpipe.images import PREPARED_SUFFIX
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import (
     CLASSES_NAME,
@@ -33,6 +30,7 @@ from imgpipe.manifest import (
     PREPROCESS_NAME,
 )
 from imgpipe.params import load_params
+from imgpipe.prepare_image import PrepareSettings, open_cache, prepare_one
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
 
@@ -59,11 +57,11 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         samples = _keep_classes(samples, classes, skipped)
     if on_error == "stop":
         _stop_on_broken(skipped)
-    cache = None if cache_dir is None else ItemCache(cache_dir, "prepared", {
-        "image_size": image_size, "code": source_digest(images), "pillow": PIL.__version__})
+    settings = PrepareSettings(image_size)
+    cache = None if cache_dir is None else open_cache(cache_dir, settings)
     with atomic_path(out_dir) as staging:
         (staging / IMAGES_DIR).mkdir(parents=True)
-        kept = _decode_all(samples, staging / IMAGES_DIR, image_size, skipped, on_error, cache)
+        kept = _decode_all(samples, staging / IMAGES_DIR, settings, skipped, on_error, cache)
         rows = _drop_duplicates(kept, staging / IMAGES_DIR, skipped)
         classes = _check_classes(rows, skipped, classes)
         table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
@@ -101,13 +99,13 @@ def _stop_on_broken(skipped: list[Skipped]) -> None:
                         "problem(s)); fix the data, or set prepare.on_error: skip")
 
 
-def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
+def _decode_all(samples: list[Sample], images_dir: Path, settings: PrepareSettings,
                 skipped: list[Skipped], on_error: str,
                 cache: ItemCache | None) -> list[tuple[str, Sample]]:
     """Decode, convert and resize each sample into `images_dir`; skip what cannot be read."""
     kept, decoded = [], 0
     for sample in tqdm(samples, desc="prepare", unit="img", mininterval=2.0):
-        problem = _prepare_one(sample, images_dir, image_size, cache)
+        problem = prepare_one(sample, images_dir, settings, cache)
         if isinstance(problem, Skipped):
             skipped.append(problem)
             if on_error == "stop":
@@ -120,41 +118,6 @@ def _decode_all(samples: list[Sample], images_dir: Path, image_size: int,
         _logger.info("decoded %d images, %d from the cache (%s)", decoded, len(kept) - decoded,
                      cache.folder)
     return kept
-
-
-def _prepare_one(sample: Sample, images_dir: Path, image_size: int,
-                 cache: ItemCache | None) -> tuple[str, bool] | Skipped:
-    """Write one prepared image: (its content id, whether it was decoded), or why not."""
-    try:
-        data = sample.path.read_bytes()
-    except OSError as error:  # a broken link, no permission
-        return Skipped(sample.relpath, f"cannot read the file: {error}", broken=True)
-    if not data:
-        return Skipped(sample.relpath, "empty file (0 bytes)", broken=True)
-    image_id = content_id(data)
-    target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
-    if target.exists():  # a duplicate of an image already written
-        return image_id, False
-    if cache is not None and cache.has(image_id, PREPARED_SUFFIX):
-        place(cache.path(image_id, PREPARED_SUFFIX), target)
-        return image_id, False
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its pixel limit: refuse both alike.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                prepared = square_resize(to_rgb(image), image_size)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        return Skipped(sample.relpath, f"too large to decode safely: {error}", broken=True)
-    except (OSError, SyntaxError, ValueError) as error:
-        return Skipped(sample.relpath, f"unreadable image: {error}", broken=True)
-    if cache is None:
-        save_prepared(prepared, target)
-    else:
-        place(cache.store(image_id, PREPARED_SUFFIX, lambda path: save_prepared(prepared, path)),
-              target)
-    return image_id, True
 
 
 def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,

@@ -1,0 +1,111 @@
+"""One feature vector per prepared image, through the per-image cache: what extract caches.
+
+A cached vector is valid exactly when it would be computed again the same: same image
+(its sha256, which prepare computed), same code, same values passed in. So the cache key
+is made of
+    - `FeatureSettings`, every value the computation is given, field by field;
+    - what the settings leave to the machine: the weights file's digest, torch's thread
+      count, the torch and torchvision versions;
+    - the code: the digest of every file in this module's import closure (see
+      imgpipe.closure), which holds the decoding, the transform, the network, the
+      forward loop and the cache's own storage. An edit to any other module (an error
+      message, the params schema, MLflow logging) keeps the key.
+Everything this computation uses must therefore be imported here, never passed in as a
+function from elsewhere: tests/test_featurize.py traces a run and checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from imgpipe.backbone_info import BackboneInfo
+from imgpipe.backbones import build_backbone, inference_trunk
+from imgpipe.cache import ItemCache, file_digest
+from imgpipe.closure import code_digests
+from imgpipe.data import forward_sharded
+from imgpipe.distributed import ALONE, Ranks, resolve_device
+from imgpipe.transforms import eval_transform
+
+_logger = logging.getLogger(__name__)
+CACHE_KIND = "features"
+FEATURE_SUFFIX = ".npy"
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Every value passed into the per-image computation; each field is part of the key.
+
+    A new setting (a runtime, a precision) is a new field here, and so in the key.
+    """
+
+    backbone: str  # backbone.name
+    pretrained: bool  # backbone.pretrained
+    weights: str | None  # backbone.weights: a local state-dict file, or None
+    input_size: int | None  # backbone.input_size, pixels; None: the backbone's own
+    batch_size: int  # extract.batch_size: batch shape picks the kernels (rounding ~1e-6)
+    device: str = "cpu"  # device type, cpu or cuda (under torchrun, each worker's own GPU)
+
+
+def cache_key(settings: FeatureSettings) -> dict[str, Any]:
+    """Everything a cached feature vector depends on besides the image itself."""
+    return {**asdict(settings),
+            "weights_sha256": settings.weights and file_digest(Path(settings.weights)),
+            "threads": torch.get_num_threads(),  # thread count picks the kernels too
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "code": code_digests(__name__)}
+
+
+def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Sequence[str],
+                   ranks: Ranks = ALONE, cache_dir: Path | None = None,
+                   ) -> tuple[BackboneInfo, np.ndarray | None]:
+    """Pooled penultimate features of the images, in order: (N, D) float32.
+
+    Collective under torchrun: every worker computes its share of the batches. With
+    `cache_dir`, only images whose key (content hash) has no cached vector go through
+    the network, and the new vectors are stored.
+
+    Returns:
+        The backbone's identity, and the features on rank 0 (None on other ranks).
+    """
+    device = resolve_device(settings.device)
+    backbone = build_backbone(settings.backbone, pretrained=settings.pretrained,
+                              weights=settings.weights, input_size=settings.input_size)
+    info = BackboneInfo.of(backbone, settings.pretrained, settings.weights)
+    _logger.info("%s (%s): %d-d features at %d px", settings.backbone,
+                 "ImageNet" if settings.pretrained else "random init", info.feature_dim,
+                 info.input_size)
+    cache, todo = None, list(range(len(files)))
+    if cache_dir is not None:
+        cache = ItemCache(cache_dir, CACHE_KIND, cache_key(settings))
+        todo = [i for i, key in enumerate(keys) if not cache.has(key, FEATURE_SUFFIX)]
+        _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
+                     len(files), cache.folder)
+    transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
+    computed = forward_sharded(inference_trunk(backbone), [files[i] for i in todo], transform,
+                               settings.batch_size, "extract", ranks, device=device,
+                               pad_last=True)
+    if not ranks.main:
+        return info, None
+    features = np.empty((len(files), info.feature_dim), dtype=np.float32)
+    features[todo] = computed.reshape(len(todo), info.feature_dim)
+    if cache is not None:
+        computed_rows = set(todo)
+        for i, key in enumerate(keys):
+            if i in computed_rows:
+                cache.store(key, FEATURE_SUFFIX, lambda path, i=i: _save_row(path, features[i]))
+            else:
+                features[i] = np.load(cache.path(key, FEATURE_SUFFIX), allow_pickle=False)
+    return info, features
+
+
+def _save_row(path: Path, row: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save(path) would append .npy to the temp name
+        np.save(handle, row)
