@@ -136,6 +136,25 @@ def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
     assert model.training  # only BatchNorm layers were switched to eval
 
 
+def crash_in_epoch_2(probed: dict[str, Path], tmp_path: Path, checkpoints: Path, monkeypatch,
+                     **overrides) -> None:
+    """A partial run with checkpoints, killed during its second epoch (as by kill -9)."""
+    import imgpipe.finetune
+
+    real_train_epoch, calls = imgpipe.finetune.train_epoch, []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed during epoch 2")
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(imgpipe.finetune, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(probed, tmp_path, "partial", checkpoint_dir=checkpoints, **overrides)
+    monkeypatch.setattr(imgpipe.finetune, "train_epoch", real_train_epoch)
+
+
 def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
                                                          monkeypatch) -> None:
     import imgpipe.finetune
@@ -144,19 +163,9 @@ def test_interrupted_training_resumes_to_the_same_result(probed, tmp_path: Path,
     common = dict(epochs=3, lr=3e-4, trainable_blocks=2, cached_views=0)
     run_finetune(probed, tmp_path / "straight", "partial", **common)
 
-    real_train_epoch, calls = imgpipe.finetune.train_epoch, []
-
-    def crash_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed during epoch 2")
-        return real_train_epoch(*args, **kwargs)
-
+    real_train_epoch = imgpipe.finetune.train_epoch
     checkpoints = tmp_path / "resumed" / "checkpoints"
-    monkeypatch.setattr(imgpipe.finetune, "train_epoch", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_finetune(probed, tmp_path / "resumed", "partial", checkpoint_dir=checkpoints,
-                     **common)
+    crash_in_epoch_2(probed, tmp_path / "resumed", checkpoints, monkeypatch, **common)
     assert len(list(checkpoints.glob("finetune-*.pt"))) == 1  # epoch 1 was saved
     trained_epochs = []
 
