@@ -9,11 +9,23 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
+from torch import nn
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-from imgpipe.backbones import available_backbones, build_backbone
+from imgpipe import frozen_prefix
+from imgpipe.backbones import (
+    Backbone,
+    Family,
+    available_backbones,
+    build_backbone,
+    inference_trunk,
+    register,
+    unregister,
+)
 from imgpipe.errors import BackboneError
+from imgpipe.finetune import set_trainable
 from imgpipe.images import square_resize
+from imgpipe.model import ImageClassifier
 from imgpipe.transforms import eval_transform
 
 
@@ -157,3 +169,70 @@ def test_square_resize_keeps_the_centre() -> None:
     wide[:, 100:200] = 255  # a white centre square on black
     out = np.asarray(square_resize(Image.fromarray(wide), 50))
     assert out.shape == (50, 50, 3) and out.mean() > 250
+
+
+# The README's worked example ("Backbones", adding a family), registered as written there.
+def _build_tiny(name: str, imagenet: bool) -> Backbone:
+    if imagenet:
+        raise BackboneError(f"backbone.name: {name} has no ImageNet weights; set "
+                            "backbone.pretrained: false or backbone.weights")
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Backbone(name, net, feature_dim=32, input_size=64, mean=(0.5, 0.5, 0.5),
+                    std=(0.25, 0.25, 0.25), blocks=[("conv1", [net[0]]), ("conv2", [net[1]])],
+                    imagenet_head=None)
+
+
+@pytest.fixture
+def tiny_family():
+    family = register(Family("tiny", lambda: ["tiny_cnn"], _build_tiny))
+    yield family
+    unregister("tiny")
+
+
+def test_a_registered_family_is_one_more_backbone_name(tiny_family) -> None:
+    assert available_backbones()[-1] == "tiny_cnn"
+    tiny = build_backbone("tiny_cnn", pretrained=False)
+    assert (tiny.family, tiny.feature_dim, tiny.input_size) == ("tiny", 32, 64)
+    assert inference_trunk(tiny) is tiny.trunk  # no fold_batchnorm registered
+    with torch.no_grad():
+        assert tiny.trunk.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 32)
+    # Random init is seeded by build_backbone: every stage builds the same network.
+    again = build_backbone("tiny_cnn", pretrained=False)
+    assert torch.equal(again.trunk[0][0].weight, tiny.trunk[0][0].weight)
+
+
+def test_a_registered_family_freezes_by_its_blocks(tiny_family) -> None:
+    tiny = build_backbone("tiny_cnn", pretrained=False)
+    model = ImageClassifier(tiny.trunk, nn.Linear(32, 3))
+    frozen = set_trainable(model, tiny, "partial", trainable_blocks=1)
+    assert frozen == [tiny.trunk[0]]
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"trunk.1.0.weight", "trunk.1.0.bias", "trunk.1.1.weight",
+                         "trunk.1.1.bias", "head.weight", "head.bias"}
+    # No frozen-prefix split is registered for it: its frozen blocks run every epoch.
+    assert frozen_prefix.split(model, tiny, 1) is None
+
+
+def test_a_registered_family_states_its_own_errors(tiny_family) -> None:
+    with pytest.raises(BackboneError, match="tiny_cnn has no ImageNet weights"):
+        build_backbone("tiny_cnn", pretrained=True)
+    with pytest.raises(BackboneError, match="did you mean tiny_cnn"):
+        build_backbone("tiny_cn")
+
+
+def test_a_family_cannot_take_names_or_keys_already_registered(tiny_family) -> None:
+    with pytest.raises(ValueError, match="'tiny' is registered already"):
+        register(Family("tiny", lambda: ["other"], _build_tiny))
+    with pytest.raises(ValueError, match=r"names \['resnet18'\] belong to another family"):
+        register(Family("mine", lambda: ["resnet18"], _build_tiny))
+
+
+def test_lite0_folds_batchnorm_for_extract_and_torchvision_does_not(lite0) -> None:
+    folded = inference_trunk(lite0)
+    assert folded is not lite0.trunk and isinstance(folded._bn0, nn.Identity)
+    resnet = build_backbone("resnet18", pretrained=False)
+    assert (lite0.family, resnet.family) == ("efficientnet_lite", "torchvision")
+    assert inference_trunk(resnet) is resnet.trunk

@@ -1,15 +1,22 @@
-"""Backbones by name: the embedded EfficientNet-Lite family and torchvision classifiers.
+"""Backbones by name, from a registry of families.
 
 A `Backbone` maps images (B, 3, S, S) to pooled penultimate features (B, D) and knows
 what the pipeline needs around it: input size S, normalisation, feature width D, its
 blocks in order from input to output (for partial freezing), and the ImageNet classifier
 it came with (for checking weights and preprocessing).
+
+A `Family` is one registration: the names it builds, a builder that returns a
+`Backbone` (and so states its blocks, mean/std and feature width), and whether its
+trunk folds BatchNorm for frozen use. Two are registered at the bottom of this file:
+the embedded EfficientNet-Lite networks and torchvision's classifiers. README,
+"Backbones", shows adding one.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +45,69 @@ class Backbone:
     std: tuple[float, float, float]
     blocks: list[tuple[str, list[nn.Module]]]  # ordered input -> output
     imagenet_head: nn.Linear | None  # the ImageNet classifier; None without ImageNet weights
+    family: str = ""  # the registered Family that built it (set by build_backbone)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered family of backbones."""
+
+    key: str  # identifies the family, e.g. "torchvision"
+    names: Callable[[], list[str]]  # every backbone.name it builds
+    # (name, imagenet) -> Backbone; imagenet: load the ImageNet weights, else random init
+    # (the caller seeds the random generator, so random init is reproducible).
+    build: Callable[[str, bool], Backbone]
+    # An eval-mode copy of the trunk with BatchNorm folded into the convolutions, for
+    # frozen use (extract); None: the trunk runs as it is.
+    fold_batchnorm: Callable[[nn.Module], nn.Module] | None = None
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add a family; its names become valid `backbone.name` values.
+
+    Raises:
+        ValueError: a family with this key, or one building the same names, exists.
+    """
+    if family.key in _FAMILIES:
+        raise ValueError(f"backbone family {family.key!r} is registered already")
+    taken = set(family.names()) & set(available_backbones())
+    if taken:
+        raise ValueError(f"backbone family {family.key!r}: names {sorted(taken)} belong to "
+                         "another family")
+    _FAMILIES[family.key] = family
+    return family
+
+
+def unregister(key: str) -> None:
+    """Remove a family (tests that register their own)."""
+    del _FAMILIES[key]
 
 
 def available_backbones() -> list[str]:
-    """Every name `build_backbone` accepts."""
-    import torchvision
+    """Every name `build_backbone` accepts, family by family in registration order."""
+    return [name for family in _FAMILIES.values() for name in family.names()]
 
-    return sorted(efficientnet_lite.VARIANTS) + torchvision.models.list_models(
-        module=torchvision.models)
+
+def family_of(name: str) -> Family:
+    """The family that builds `name`.
+
+    Raises:
+        BackboneError: no registered family builds it (with the closest names).
+    """
+    for family in _FAMILIES.values():
+        if name in family.names():
+            return family
+    import difflib
+
+    close = difflib.get_close_matches(name, available_backbones(), n=3)
+    raise BackboneError(
+        f"backbone.name: unknown backbone {name!r}; "
+        + (f"did you mean {', '.join(close)}? " if close else "")
+        + "use efficientnet_lite0 (embedded weights) or a torchvision classification "
+        "model name such as resnet18")
 
 
 def build_backbone(name: str, pretrained: bool = True, weights: str | None = None,
@@ -53,7 +115,8 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     """Build a backbone by name.
 
     Args:
-        name: `efficientnet_lite0` (1, 2) or a torchvision classification model name.
+        name: a registered name: `efficientnet_lite0` (1, 2) or a torchvision
+            classification model name, unless more families are registered.
         pretrained: load ImageNet weights; False gives the same architecture at random init.
         weights: a local state-dict file to load instead of the default ImageNet weights.
         input_size: side of the images fed to it, instead of its own (these networks
@@ -64,13 +127,12 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
         BackboneError: unknown name, or weights that cannot be found or loaded.
     """
     imagenet = pretrained and weights is None
+    family = family_of(name)
     # Random init is seeded on its own, so every stage builds the same random network.
     with torch.random.fork_rng():
         torch.manual_seed(_RANDOM_INIT_SEED)
-        if name in efficientnet_lite.VARIANTS:
-            backbone = _efficientnet_lite(name, imagenet)
-        else:
-            backbone = _torchvision(name, imagenet)
+        backbone = family.build(name, imagenet)
+    backbone.family = family.key
     if not imagenet:
         backbone.imagenet_head = None  # random, or not the classifier of these weights
     if weights is not None:
@@ -82,10 +144,10 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
 
 
 def inference_trunk(backbone: Backbone) -> nn.Module:
-    """The trunk for frozen, eval-mode use (extract): BatchNorm folded where supported."""
-    if isinstance(backbone.trunk, efficientnet_lite.EfficientNetLite):
-        return efficientnet_lite.fold_batchnorm(backbone.trunk)
-    return backbone.trunk
+    """The trunk for frozen, eval-mode use (extract): BatchNorm folded where the family
+    supports it."""
+    fold = _FAMILIES[backbone.family].fold_batchnorm
+    return fold(backbone.trunk) if fold else backbone.trunk
 
 
 def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
@@ -117,16 +179,6 @@ def _lite_weights_file(name: str) -> Path:
 def _torchvision(name: str, pretrained: bool) -> Backbone:
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name, available_backbones(), n=3)
-        raise BackboneError(
-            f"backbone.name: unknown backbone {name!r}; "
-            + (f"did you mean {', '.join(close)}? " if close else "")
-            + "use efficientnet_lite0 (embedded weights) or a torchvision classification "
-            "model name such as resnet18")
     default_weights = torchvision.models.get_model_weights(name).DEFAULT
     model = torchvision.models.get_model(name, weights=None)
     if pretrained:
@@ -181,3 +233,14 @@ def _torchvision_blocks(model: nn.Module, head_name: str) -> list[tuple[str, lis
         else:
             blocks.append((child_name, [child]))
     return blocks
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+register(Family("efficientnet_lite", lambda: sorted(efficientnet_lite.VARIANTS),
+                _efficientnet_lite, efficientnet_lite.fold_batchnorm))
+register(Family("torchvision", _torchvision_names, _torchvision))

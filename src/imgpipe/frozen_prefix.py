@@ -15,6 +15,7 @@ running the whole network each epoch, but for which random views it sees.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -72,19 +73,34 @@ class TailClassifier(nn.Module):
         return self.head(self.tail(maps))
 
 
+def _split_lite(trunk: EfficientNetLite, frozen_blocks: int) -> tuple[nn.Module, nn.Module]:
+    count = min(frozen_blocks - 1, len(trunk._blocks))  # MBConv blocks after the stem
+    return _LitePrefix(trunk, count), _LiteTail(trunk, count)
+
+
+# Backbone family key -> (trunk, frozen blocks) -> (prefix, tail) with
+# tail(prefix(x)) == trunk(x), the prefix made of the first `frozen blocks` of
+# `Backbone.blocks`. The one family-specific piece fine-tuning needs, kept here (not in
+# the Family registration) so that it stays out of extract's code and cache key. A family
+# missing here runs its frozen blocks every epoch.
+SPLITS: dict[str, Callable[[nn.Module, int], tuple[nn.Module, nn.Module]]] = {
+    "efficientnet_lite": _split_lite,
+}
+
+
 def split(model: ImageClassifier, backbone: Backbone,
           frozen_blocks: int) -> tuple[nn.Module, TailClassifier] | None:
     """(prefix, tail classifier) with tail(prefix(x)) == model(x), or None.
 
     `frozen_blocks` counts `backbone.blocks` from the input (the stem is block 0). None
-    where this trunk cannot be split (only EfficientNet-Lite can, today) or nothing is
-    frozen: the caller then runs the whole network every epoch.
+    where this family's trunk cannot be split (see `SPLITS`) or nothing is frozen: the
+    caller then runs the whole network every epoch.
     """
-    trunk = model.trunk
-    if not isinstance(trunk, EfficientNetLite) or frozen_blocks < 1:
+    split_trunk = SPLITS.get(backbone.family)
+    if split_trunk is None or frozen_blocks < 1:
         return None
-    count = min(frozen_blocks - 1, len(trunk._blocks))  # MBConv blocks after the stem
-    return _LitePrefix(trunk, count), TailClassifier(_LiteTail(trunk, count), model.head)
+    prefix, tail = split_trunk(model.trunk, frozen_blocks)
+    return prefix, TailClassifier(tail, model.head)
 
 
 class ViewMaps(Dataset):
