@@ -19,18 +19,18 @@ import logging
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
-from scripts.repo_copy import copy_repository, git_env
+from scripts.repo_copy import copy_repository
+from scripts.repo_copy import dvc as _dvc
+from scripts.repo_copy import run as _run
 
 from bench.child import REPO_ROOT
 from bench.report import Check, Target
 from bench.workspace import Workspace
-from imgpipe.params import load_params
+from imgpipe.params_check import load_params
 
 _logger = logging.getLogger(__name__)
 GOAL_SECONDS, GOAL_RATIO = 3.0, 1.5
@@ -38,15 +38,11 @@ GOAL_SECONDS, GOAL_RATIO = 3.0, 1.5
 
 def run(project: Path, *args: str) -> str:
     """Run a command in `project`; its stdout. Raises with the output on failure."""
-    result = subprocess.run(args, cwd=project, env=git_env("bench"), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed in {project}:\n{result.stdout}\n"
-                           f"{result.stderr}")
-    return result.stdout
+    return _run(project, *args, timeout=None).stdout
 
 
 def dvc(project: Path, *args: str) -> str:
-    return run(project, sys.executable, "-m", "dvc", *args)
+    return _dvc(project, *args).stdout
 
 
 def _git_commit(project: Path, message: str) -> None:

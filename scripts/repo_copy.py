@@ -49,6 +49,27 @@ def git_env(name: str = "test", **extra: str) -> dict[str, str]:
     return env
 
 
+def run(project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in `project` with `git_env` (and `env` on top), output captured.
+
+    Raises:
+        RuntimeError: with `check`, when it exits non-zero; the message holds its output.
+    """
+    result = subprocess.run(args, cwd=project, env=git_env(**(env or {})),
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed in {project}:\n{result.stdout}\n"
+                           f"{result.stderr}")
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`dvc args...` in `project`, from this venv."""
+    return run(project, sys.executable, "-m", "dvc", *args, check=check, env=env)
+
+
 def copy_repository(project: Path, change_params: Callable[[dict[str, Any]], None],
                     message: str = "project copy") -> Path:
     """Copy the pipeline into `project` with the committed params changed in place by

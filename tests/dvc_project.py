@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from repo_copy import copy_repository, git_env
+from repo_copy import dvc as dvc  # re-exported: the tests run dvc and commands through here
+from repo_copy import run as run
 
 STAGES = ("prepare", "extract", "train_head", "finetune_full", "evaluate")
 
@@ -19,20 +21,6 @@ STAGES = ("prepare", "extract", "train_head", "finetune_full", "evaluate")
 def dvc_env(project: Path, **extra: str) -> dict[str, str]:
     """The environment `dvc` runs in: this venv first on PATH, git identity, `extra`."""
     return git_env(**extra)
-
-
-def run(project: Path, *args: str, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=project, env=dvc_env(project, **(env or {})),
-                            capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(project: Path, *args: str, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "dvc", *args, check=check, env=env)
 
 
 def stages_run(output: str) -> set[str]:
