@@ -35,7 +35,7 @@ from scripts.repo_copy import committed_params  # noqa: E402
 from bench import dvc_noop, growth, head, incremental, throughput  # noqa: E402
 from bench.report import Target, write_report  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
-from imgpipe.params import parse_params  # noqa: E402
+from imgpipe.params_check import parse_params  # noqa: E402
 
 _logger = logging.getLogger("bench")
 TARGETS = ("throughput", "head", "incremental", "dvc", "memory", "growth")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import synth
 from bench.child import StageRun, run_stage
-from imgpipe.params import Params
+from imgpipe.params_check import Params
 
 _logger = logging.getLogger(__name__)
 DATA_SEED = 0  # seeds every generated image

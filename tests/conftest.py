@@ -45,7 +45,8 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
 @pytest.fixture(scope="session")
 def trained(probed: dict[str, Path]) -> dict[str, Path]:
     """probed + finetune_full (freeze=all) + evaluate: a model and its test predictions."""
-    from imgpipe.params import BackboneParams, FinetuneParams
+    from imgpipe.params import BackboneParams
+    from imgpipe.params_finetune import FinetuneParams
     from stages.evaluate import evaluate
     from stages.finetune_full import finetune_full
 

@@ -18,7 +18,8 @@ from imgpipe.distributed import Ranks, resolve_device
 from imgpipe.errors import ParamsError
 from imgpipe.features import load_split
 from imgpipe.model import load_model
-from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams
+from imgpipe.params import BackboneParams
+from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from stages.extract import extract
 from stages.finetune_full import finetune_full
 

@@ -15,7 +15,8 @@ from imgpipe.backbones import build_backbone
 from imgpipe.finetune import Training, parameter_counts, set_trainable, train_epoch
 from imgpipe.head import load_head
 from imgpipe.model import ImageClassifier, load_model
-from imgpipe.params import AugmentParams, BackboneParams, FinetuneParams
+from imgpipe.params import BackboneParams
+from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from stages.finetune_full import finetune_full
 
 LITE0 = BackboneParams("efficientnet_lite0", True, None)

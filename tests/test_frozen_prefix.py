@@ -12,7 +12,7 @@ from torch import nn
 from imgpipe import frozen_prefix
 from imgpipe.backbones import build_backbone
 from imgpipe.model import ImageClassifier, load_model
-from imgpipe.params import AugmentParams, FinetuneParams
+from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from test_finetune import crash_in_epoch_2, run_finetune
 
 

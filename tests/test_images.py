@@ -62,11 +62,12 @@ def test_train_augmentations_are_random_and_eval_is_not() -> None:
     import torch
 
     from imgpipe.augment import train_transform
+    from imgpipe.params_finetune import AugmentParams
     from imgpipe.transforms import eval_transform
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
-    augment = train_transform(32, [0.5] * 3, [0.5] * 3, crop_scale_min=0.5, hflip=True,
-                              rotation=30.0, color_jitter=0.5, grayscale=1.0)
+    augment = train_transform(32, [0.5] * 3, [0.5] * 3, AugmentParams(
+        crop_scale_min=0.5, hflip=True, rotation=30.0, color_jitter=0.5, grayscale=1.0))
     torch.manual_seed(0)
     first, second = augment(image), augment(image)
     assert first.shape == (3, 32, 32) and not torch.equal(first, second)

@@ -8,7 +8,7 @@ from torch import nn
 
 from imgpipe.model import ImageClassifier
 from imgpipe.optim import make_optimizer, make_schedule
-from imgpipe.params import FinetuneParams
+from imgpipe.params_finetune import FinetuneParams
 
 
 def tiny_model(train_trunk: bool = True) -> ImageClassifier:

@@ -3,10 +3,25 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 from repo_copy import committed_params, committed_text
 
+from imgpipe.closure import import_closure
 from imgpipe.errors import ParamsError
-from imgpipe.params import flatten, load_params, parse_params
+from imgpipe.params import (
+    BackboneParams,
+    DistributedParams,
+    RunParams,
+    build_section,
+    flatten,
+    load_section,
+)
+from imgpipe.params_check import load_params, parse_params
+from imgpipe.params_evaluate import EvaluateParams, TrackingParams
+from imgpipe.params_extract import ExtractParams
+from imgpipe.params_finetune import AugmentParams, FinetuneParams
+from imgpipe.params_head import TrainHeadParams
+from imgpipe.params_prepare import DataParams, PrepareParams
 
 RAW = committed_params()
 
@@ -127,3 +142,78 @@ def test_cross_section_settings_that_fit_together_are_accepted() -> None:
         "finetune_full.head_init": "xavier", "data.classes": ["zero", "one"],
         "finetune_full.imagenet_rows": {"zero": 1}, "finetune_full.negative_class": "one"}))
     assert params.finetune_full.negative_class == "one"
+
+
+SECTIONS = {"data": DataParams, "backbone": BackboneParams, "prepare": PrepareParams,
+            "extract": ExtractParams, "train_head": TrainHeadParams,
+            "finetune_full": FinetuneParams, "augment": AugmentParams,
+            "evaluate": EvaluateParams, "tracking": TrackingParams,
+            "distributed": DistributedParams}
+# The section modules each stage reads its values from; no stage imports another's.
+STAGE_SECTIONS = {"prepare": "params_prepare", "extract": "params_extract",
+                  "train_head": "params_head", "finetune_full": "params_finetune",
+                  "evaluate": "params_evaluate"}
+
+
+def test_a_stage_reads_the_same_values_as_the_whole_file_check() -> None:
+    raw = with_value("finetune_full.lr", "3e-4")
+    raw["select_by"] = "macro_f1"
+    whole = parse_params(raw)
+    for key, cls in SECTIONS.items():
+        assert build_section(cls, key, raw) == getattr(whole, key), key
+    run = build_section(RunParams, None, raw)
+    assert (run.freeze, run.device, run.select_by, run.class_balance) == (
+        whole.freeze, whole.device, "macro_f1", whole.class_balance)
+    assert build_section(FinetuneParams, "finetune_full", raw).lr == 0.0003
+
+
+def test_sections_left_out_take_their_defaults_in_both_readers() -> None:
+    raw = copy.deepcopy(RAW)
+    del raw["distributed"], raw["select_by"]
+    assert build_section(DistributedParams, "distributed", raw) == DistributedParams()
+    assert build_section(RunParams, None, raw).select_by == parse_params(raw).select_by
+
+
+def test_load_section_validates_its_section_and_names_the_file(tmp_path) -> None:
+    (tmp_path / "params.yaml").write_text("extract:\n  batch_size: 0\n")
+    with pytest.raises(ParamsError, match="extract.batch_size: 0 is out of range"):
+        load_section(ExtractParams, "extract", tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="missing.yaml not found"):
+        load_section(ExtractParams, "extract", tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("stage", list(STAGE_SECTIONS))
+def test_a_stage_imports_its_own_sections_and_not_the_whole_file_check(stage: str) -> None:
+    modules = {name.removeprefix("imgpipe/").removesuffix(".py")
+               for name in import_closure(f"stages.{stage}")}
+    assert STAGE_SECTIONS[stage] in modules
+    assert "params_check" not in modules  # stage.run imports it when the stage runs
+    assert not modules & (set(STAGE_SECTIONS.values()) - {STAGE_SECTIONS[stage]})
+
+
+STAGE_ARGS = {"prepare": ["--out-dir", "p", "--metrics", "m.json", "--report", "r.csv"],
+              "extract": ["--prepared-dir", "p", "--features-dir", "f"],
+              "train_head": ["--features-dir", "f", "--head", "h.pt", "--metrics", "m.json",
+                             "--sweep", "s.csv"],
+              "finetune_full": ["--prepared-dir", "p", "--head", "h.pt", "--model", "m.pt",
+                                "--metrics", "m.json", "--history", "h.csv"],
+              "evaluate": None}  # its arguments come from imgpipe.metrics; checked by DVC tests
+
+
+@pytest.mark.parametrize("stage", [s for s, args in STAGE_ARGS.items() if args])
+def test_every_stage_refuses_a_bad_key_in_another_stages_section_before_work(
+        tmp_path, stage: str) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    raw = with_value("finetune_full.head_init", "xavier")  # contradicts freeze: all
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "src" / "stages" / f"{stage}.py"),
+                             *STAGE_ARGS[stage]], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"[{stage}] error: finetune_full.head_init: 'xavier' with freeze: all would leave an "
+        "untrained head; use head_init: probe, or freeze: partial or none"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written

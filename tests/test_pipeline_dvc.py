@@ -83,6 +83,9 @@ CODE_EDITS = {
     "src/imgpipe/pyfunc.py": {"evaluate"},
     "src/imgpipe/featurize.py": {"extract"},
     "src/imgpipe/prepare_image.py": {"prepare"},
+    "src/imgpipe/params_finetune.py": {"finetune_full"},  # adding a fine-tuning param
+    "src/imgpipe/params_evaluate.py": {"evaluate"},
+    "src/imgpipe/params_check.py": set(),  # the whole-file check: refuses, computes nothing
 }
 
 
@@ -123,6 +126,8 @@ def test_earlier_params_are_restored_from_run_cache(project: Path) -> None:
 @pytest.mark.parametrize(("key_value", "message"), [
     ("freeze=some", "freeze: 'some' is not allowed; use one of all, partial, none"),
     ("backbone.name=resnet19", "did you mean resnet18"),
+    # A check across sections, by imgpipe.params_check, before finetune_full does work.
+    ("finetune_full.head_init=xavier", "with freeze: all would leave an untrained head"),
     # DVC checks the dependency before the stage runs, and names the missing path.
     ("data.source=data/missing", "No such file or directory"),
 ])

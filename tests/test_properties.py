@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from repo_copy import committed_params
 
 from imgpipe.errors import ParamsError
-from imgpipe.params import Params, parse_params
+from imgpipe.params_check import Params, parse_params
 from imgpipe.sources import list_samples
 
 RAW = committed_params()

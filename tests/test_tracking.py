@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from imgpipe.errors import PipelineError
-from imgpipe.params import TrackingParams
+from imgpipe.params_evaluate import TrackingParams
 from imgpipe.run_record import ResultPaths, summary_metrics
 from imgpipe.tracking import RunRecord, default_tracking_uri, log_run, model_requirements
 from stages.evaluate import track

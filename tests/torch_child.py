@@ -21,7 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from imgpipe.params import BackboneParams, FinetuneParams  # noqa: E402
+from imgpipe.params import BackboneParams  # noqa: E402
+from imgpipe.params_finetune import FinetuneParams  # noqa: E402
 from stages.extract import extract  # noqa: E402
 from stages.finetune_full import finetune_full  # noqa: E402
 from stages.prepare import prepare  # noqa: E402

@@ -46,10 +46,12 @@ def predict_command(args: argparse.Namespace) -> None:
 
 
 def sync_command(args: argparse.Namespace) -> None:
-    from imgpipe.params import load_params
+    from imgpipe.params import load_section
+    from imgpipe.params_evaluate import TrackingParams
     from imgpipe.sync import sync_mlflow
 
-    experiment = args.experiment or load_params(args.repo / "params.yaml").tracking.experiment
+    experiment = args.experiment or load_section(TrackingParams, "tracking",
+                                                 args.repo / "params.yaml").experiment
     done = sync_mlflow(args.repo, experiment, commits=args.commits)
     counts = {action: sum(d.action == action for d in done)
               for action in ("logged", "adopted", "exists")}

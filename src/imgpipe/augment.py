@@ -10,24 +10,26 @@ from collections.abc import Callable, Sequence
 
 from torchvision import transforms as T
 
+from imgpipe.params_finetune import AugmentParams
 from imgpipe.transforms import Transform
 
 
-def train_transform(input_size: int, mean: Sequence[float], std: Sequence[float], *,
-                    crop_scale_min: float, hflip: bool, rotation: float = 0.0,
-                    color_jitter: float = 0.0, grayscale: float = 0.0) -> Transform:
-    """Random resized crop (area fraction in [crop_scale_min, 1]), then optional flips,
-    rotation (degrees), colour jitter (strength) and grayscale (probability)."""
+def train_transform(input_size: int, mean: Sequence[float], std: Sequence[float],
+                    augment: AugmentParams) -> Transform:
+    """Random resized crop (area fraction in [augment.crop_scale_min, 1]), then optional
+    flips, rotation (degrees), colour jitter (strength) and grayscale (probability)."""
     steps: list[Callable] = [T.RandomResizedCrop(
-        input_size, scale=(crop_scale_min, 1.0),
+        input_size, scale=(augment.crop_scale_min, 1.0),
         interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
-    if hflip:
+    if augment.hflip:
         steps.append(T.RandomHorizontalFlip())
-    if rotation > 0:
-        steps.append(T.RandomRotation(rotation, interpolation=T.InterpolationMode.BILINEAR))
-    if color_jitter > 0:
-        steps.append(T.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                   saturation=color_jitter))
-    if grayscale > 0:
-        steps.append(T.RandomGrayscale(grayscale))
+    if augment.rotation > 0:
+        steps.append(T.RandomRotation(augment.rotation,
+                                      interpolation=T.InterpolationMode.BILINEAR))
+    if augment.color_jitter > 0:
+        steps.append(T.ColorJitter(brightness=augment.color_jitter,
+                                   contrast=augment.color_jitter,
+                                   saturation=augment.color_jitter))
+    if augment.grayscale > 0:
+        steps.append(T.RandomGrayscale(augment.grayscale))
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])

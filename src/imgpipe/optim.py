@@ -12,7 +12,7 @@ import math
 import torch
 
 from imgpipe.model import ImageClassifier
-from imgpipe.params import FinetuneParams
+from imgpipe.params_finetune import FinetuneParams
 
 
 def make_optimizer(model: ImageClassifier, params: FinetuneParams) -> torch.optim.Optimizer:

@@ -28,7 +28,8 @@ from imgpipe.metrics import (
     plot_prediction_grid,
 )
 from imgpipe.model import load_model
-from imgpipe.params import TrackingParams, load_params
+from imgpipe.params import RunParams, load_section
+from imgpipe.params_evaluate import EvaluateParams, TrackingParams
 from imgpipe.run_names import committed_params
 from imgpipe.run_record import (
     ResultPaths,
@@ -116,13 +117,14 @@ def main() -> None:
     paths = from_namespace(args)
 
     def body() -> None:
-        params = load_params()
         evaluate(prepared_dir=paths.prepared_dir, model_path=paths.model,
                  metrics_path=paths.metrics, per_class_path=paths.per_class,
                  predictions_path=paths.predictions, confusion_png=paths.confusion_png,
-                 grid_png=paths.grid_png, batch_size=params.evaluate.batch_size,
-                 device=distributed.resolve_device(params.device))
-        track(paths, params_path=Path("params.yaml"), tracking=params.tracking)
+                 grid_png=paths.grid_png,
+                 batch_size=load_section(EvaluateParams, "evaluate").batch_size,
+                 device=distributed.resolve_device(load_section(RunParams, None).device))
+        track(paths, params_path=Path("params.yaml"),
+              tracking=load_section(TrackingParams, "tracking"))
 
     stage.run("evaluate", body)
 

@@ -26,7 +26,8 @@ from imgpipe.features import FeatureSet, save_backbone_info, save_split
 from imgpipe.featurize import FeatureSettings, image_features
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import CLASSES_NAME, read_classes, read_manifest
-from imgpipe.params import load_params
+from imgpipe.params import BackboneParams, DistributedParams, RunParams, load_section
+from imgpipe.params_extract import ExtractParams
 from imgpipe.splits import SPLITS
 
 _logger = logging.getLogger(__name__)
@@ -73,15 +74,17 @@ def main() -> None:
     args = parser.parse_args()
 
     def body() -> None:
-        params = load_params()
-        if distributed.relaunch("extract", params.distributed.nproc_per_node):
+        if distributed.relaunch("extract", load_section(DistributedParams,
+                                                        "distributed").nproc_per_node):
             return
-        device = distributed.resolve_device(params.device)
+        backbone = load_section(BackboneParams, "backbone")
+        device = distributed.resolve_device(load_section(RunParams, None).device)
         with distributed.process_group(device) as ranks:
             extract(prepared_dir=args.prepared_dir, features_dir=args.features_dir,
-                    backbone_name=params.backbone.name, pretrained=params.backbone.pretrained,
-                    weights=params.backbone.weights, batch_size=params.extract.batch_size,
-                    input_size=params.backbone.input_size, device=device, ranks=ranks,
+                    backbone_name=backbone.name, pretrained=backbone.pretrained,
+                    weights=backbone.weights,
+                    batch_size=load_section(ExtractParams, "extract").batch_size,
+                    input_size=backbone.input_size, device=device, ranks=ranks,
                     cache_dir=args.cache_dir)
 
     stage.run("extract", body)

@@ -48,13 +48,14 @@ from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
 from imgpipe.optim import make_optimizer, make_schedule
 from imgpipe.params import (
-    AugmentParams,
     BackboneParams,
     ClassBalance,
-    FinetuneParams,
+    DistributedParams,
+    RunParams,
     SelectBy,
-    load_params,
+    load_section,
 )
+from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
@@ -172,8 +173,7 @@ def _loaders(prepared_dir: Path, model: ImageClassifier, backbone: Backbone, fre
     """Train and val batches: of images, or of the frozen blocks' cached outputs when
     `freeze=partial` and the trunk can be split (frozen_prefix)."""
     evaluation = eval_transform(backbone.input_size, backbone.mean, backbone.std)
-    training = train_transform(backbone.input_size, backbone.mean, backbone.std,
-                               **asdict(augment))
+    training = train_transform(backbone.input_size, backbone.mean, backbone.std, augment)
     images = Loaders(
         _loader(_dataset(prepared_dir, "train", training), params.batch_size, ranks,
                 shuffle_seed=params.seed),
@@ -264,18 +264,20 @@ def main() -> None:
     args = parser.parse_args()
 
     def body() -> None:
-        params = load_params()
-        if distributed.relaunch("finetune_full", params.distributed.nproc_per_node):
+        if distributed.relaunch("finetune_full", load_section(DistributedParams,
+                                                              "distributed").nproc_per_node):
             return
-        device = distributed.resolve_device(params.device)
+        run = load_section(RunParams, None)
+        device = distributed.resolve_device(run.device)
         with distributed.process_group(device) as ranks:
             finetune_full(prepared_dir=args.prepared_dir, head_path=args.head,
                           model_path=args.model, metrics_path=args.metrics,
-                          history_path=args.history, freeze=params.freeze,
-                          backbone_params=params.backbone, params=params.finetune_full,
-                          augment=params.augment, checkpoint_dir=args.checkpoint_dir,
-                          device=device, ranks=ranks, select_by=params.select_by,
-                          class_balance=params.class_balance)
+                          history_path=args.history, freeze=run.freeze,
+                          backbone_params=load_section(BackboneParams, "backbone"),
+                          params=load_section(FinetuneParams, "finetune_full"),
+                          augment=load_section(AugmentParams, "augment"),
+                          checkpoint_dir=args.checkpoint_dir, device=device, ranks=ranks,
+                          select_by=run.select_by, class_balance=run.class_balance)
 
     stage.run("finetune_full", body)
 

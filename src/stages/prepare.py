@@ -29,7 +29,8 @@ from imgpipe.manifest import (
     MANIFEST_NAME,
     PREPROCESS_NAME,
 )
-from imgpipe.params import load_params
+from imgpipe.params import load_section
+from imgpipe.params_prepare import DataParams, PrepareParams
 from imgpipe.prepare_image import PrepareSettings, open_cache, prepare_one
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
@@ -180,13 +181,12 @@ def main() -> None:
     args = parser.parse_args()
 
     def body() -> None:
-        params = load_params()
-        prepare(source=Path(params.data.source), out_dir=args.out_dir,
-                metrics_path=args.metrics, report_path=args.report, seed=params.prepare.seed,
-                val_fraction=params.prepare.val_fraction,
-                test_fraction=params.prepare.test_fraction,
-                image_size=params.prepare.image_size, classes=params.data.classes,
-                on_error=params.prepare.on_error, cache_dir=args.cache_dir)
+        data, params = load_section(DataParams, "data"), load_section(PrepareParams, "prepare")
+        prepare(source=Path(data.source), out_dir=args.out_dir,
+                metrics_path=args.metrics, report_path=args.report, seed=params.seed,
+                val_fraction=params.val_fraction, test_fraction=params.test_fraction,
+                image_size=params.image_size, classes=data.classes,
+                on_error=params.on_error, cache_dir=args.cache_dir)
 
     stage.run("prepare", body)
 

@@ -18,7 +18,8 @@ from imgpipe.features import load_backbone_info, load_split
 from imgpipe.head import fit_linear_probe, save_head
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import read_classes
-from imgpipe.params import ClassBalance, SelectBy, load_params
+from imgpipe.params import ClassBalance, RunParams, SelectBy, load_section
+from imgpipe.params_head import TrainHeadParams
 
 _logger = logging.getLogger(__name__)
 
@@ -55,11 +56,11 @@ def main() -> None:
     args = parser.parse_args()
 
     def body() -> None:
-        params = load_params()
+        params, run = load_section(TrainHeadParams, "train_head"), load_section(RunParams, None)
         train_head(features_dir=args.features_dir, head_path=args.head,
                    metrics_path=args.metrics, sweep_path=args.sweep,
-                   c_grid=params.train_head.c_grid, max_iter=params.train_head.max_iter,
-                   select_by=params.select_by, class_balance=params.class_balance)
+                   c_grid=params.c_grid, max_iter=params.max_iter,
+                   select_by=run.select_by, class_balance=run.class_balance)
 
     stage.run("train_head", body)
 
