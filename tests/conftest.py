@@ -48,7 +48,7 @@ def trained(probed: dict[str, Path]) -> dict[str, Path]:
     from imgpipe.params import BackboneParams
     from imgpipe.params_finetune import FinetuneParams
     from stages.evaluate import evaluate
-    from stages.finetune_full import finetune_full
+    from stages.finetune_full import FinetunePaths, Recipe, finetune_full
 
     root = probed["root"]
     paths = {**probed, "model": root / "models" / "model.pt",
@@ -57,11 +57,10 @@ def trained(probed: dict[str, Path]) -> dict[str, Path]:
              "confusion": root / "confusion.png", "grid": root / "grid.png",
              "per_class": root / "per_class.csv", "probe_metrics": root / "train_head.json",
              "finetune_metrics": root / "finetune.json"}
-    finetune_full(prepared_dir=paths["prepared"], head_path=paths["head"],
-                  model_path=paths["model"], metrics_path=paths["finetune_metrics"],
-                  history_path=paths["history"], freeze="all",
-                  backbone_params=BackboneParams("efficientnet_lite0", True, None),
-                  params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
+    finetune_full(FinetunePaths(paths["prepared"], paths["head"], paths["model"],
+                                paths["finetune_metrics"], paths["history"]),
+                  Recipe("all", BackboneParams("efficientnet_lite0", True, None),
+                         FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8)))
     evaluate(prepared_dir=paths["prepared"], model_path=paths["model"],
              metrics_path=paths["metrics"], predictions_path=paths["predictions"],
              confusion_png=paths["confusion"], grid_png=paths["grid"],

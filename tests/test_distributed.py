@@ -21,7 +21,7 @@ from imgpipe.model import load_model
 from imgpipe.params import BackboneParams
 from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from stages.extract import extract
-from stages.finetune_full import finetune_full
+from stages.finetune_full import FinetunePaths, Recipe, finetune_full
 
 # Two workers each take half of every batch: the same steps as one process, up to the
 # order of floating-point sums (all-reduce of gradients, 1 thread per worker).
@@ -58,11 +58,10 @@ def test_cuda_without_a_gpu_names_the_fix() -> None:
 
 def test_a_batch_the_workers_cannot_share_equally_is_refused(probed, tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="multiple of distributed.nproc_per_node"):
-        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
-                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
-                      history_path=tmp_path / "history.csv", freeze="partial",
-                      backbone_params=BackboneParams("efficientnet_lite0", True),
-                      params=FinetuneParams(batch_size=8), ranks=Ranks(rank=0, world=3))
+        finetune_full(FinetunePaths(probed["prepared"], probed["head"], tmp_path / "model.pt",
+                                    tmp_path / "m.json", tmp_path / "history.csv"),
+                      Recipe("partial", BackboneParams("efficientnet_lite0", True),
+                             FinetuneParams(batch_size=8)), ranks=Ranks(rank=0, world=3))
 
 
 def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) -> None:
@@ -95,11 +94,10 @@ def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) ->
 def test_two_workers_fine_tune_like_one_process(probed, tmp_path: Path) -> None:
     single = tmp_path / "single"
     single.mkdir()
-    finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
-                  model_path=single / "model.pt", metrics_path=single / "m.json",
-                  history_path=single / "history.csv", freeze="partial",
-                  backbone_params=BackboneParams("efficientnet_lite0", True),
-                  params=FinetuneParams(**TUNE), augment=AugmentParams(**NO_AUGMENT))
+    finetune_full(FinetunePaths(probed["prepared"], probed["head"], single / "model.pt",
+                                single / "m.json", single / "history.csv"),
+                  Recipe("partial", BackboneParams("efficientnet_lite0", True),
+                         FinetuneParams(**TUNE), AugmentParams(**NO_AUGMENT)))
     two = tmp_path / "two"
     result = run_stage(two, "finetune_full.py", 2, "--prepared-dir", str(probed["prepared"]),
                        "--head", str(probed["head"]), "--model", str(two / "model.pt"),

@@ -17,7 +17,7 @@ from imgpipe.head import load_head
 from imgpipe.model import ImageClassifier, load_model
 from imgpipe.params import BackboneParams
 from imgpipe.params_finetune import AugmentParams, FinetuneParams
-from stages.finetune_full import finetune_full
+from stages.finetune_full import FinetunePaths, Recipe, finetune_full
 
 LITE0 = BackboneParams("efficientnet_lite0", True, None)
 
@@ -61,17 +61,22 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
     assert not torch.equal(trained_bn.running_mean, before[1])
 
 
+def _paths(probed: dict[str, Path], tmp_path: Path,
+           checkpoint_dir: Path | None = None) -> FinetunePaths:
+    return FinetunePaths(probed["prepared"], probed["head"], tmp_path / "model.pt",
+                         tmp_path / "m.json", tmp_path / "history.csv", checkpoint_dir)
+
+
 def run_finetune(probed: dict[str, Path], tmp_path: Path, freeze: str,
                  checkpoint_dir: Path | None = None, augment: AugmentParams | None = None,
                  **overrides) -> dict:
     params = FinetuneParams(**{**dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-4,
                                       weight_decay=0.0, head_lr_mult=1.0), **overrides})
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return finetune_full(checkpoint_dir=checkpoint_dir, prepared_dir=probed["prepared"],
-                         head_path=probed["head"],
-                         model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
-                         history_path=tmp_path / "history.csv", freeze=freeze,
-                         backbone_params=LITE0, params=params, augment=augment)
+    return finetune_full(
+        FinetunePaths(probed["prepared"], probed["head"], tmp_path / "model.pt",
+                      tmp_path / "m.json", tmp_path / "history.csv", checkpoint_dir),
+        Recipe(freeze, LITE0, params, augment or AugmentParams()))
 
 
 def test_freeze_all_keeps_the_linear_probe_as_the_final_model(probed, tmp_path: Path) -> None:
@@ -109,10 +114,8 @@ def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None
 
     other = BackboneParams("efficientnet_lite0", False, None)
     with pytest.raises(DataError, match="was fitted on features of efficientnet_lite0"):
-        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
-                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
-                      history_path=tmp_path / "h.csv", freeze="all", backbone_params=other,
-                      params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
+        finetune_full(_paths(probed, tmp_path), Recipe("all", other, FinetuneParams(
+            trainable_blocks=1, epochs=1, batch_size=8)))
 
 
 def test_a_head_fitted_at_another_input_size_is_refused(probed, tmp_path: Path) -> None:
@@ -120,10 +123,8 @@ def test_a_head_fitted_at_another_input_size_is_refused(probed, tmp_path: Path) 
 
     smaller = BackboneParams("efficientnet_lite0", True, None, input_size=96)
     with pytest.raises(DataError, match="224 px"):
-        finetune_full(prepared_dir=probed["prepared"], head_path=probed["head"],
-                      model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
-                      history_path=tmp_path / "h.csv", freeze="all", backbone_params=smaller,
-                      params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
+        finetune_full(_paths(probed, tmp_path), Recipe("all", smaller, FinetuneParams(
+            trainable_blocks=1, epochs=1, batch_size=8)))
 
 
 def test_bn_stats_frozen_keeps_every_running_statistic() -> None:
@@ -279,12 +280,10 @@ def test_class_weights_are_inverse_train_frequencies(tmp_path: Path) -> None:
 def test_the_epoch_is_chosen_by_the_selected_val_score(probed, tmp_path: Path) -> None:
     from imgpipe.scores import best_index
 
-    metrics = finetune_full(
-        prepared_dir=probed["prepared"], head_path=probed["head"],
-        model_path=tmp_path / "model.pt", metrics_path=tmp_path / "m.json",
-        history_path=tmp_path / "history.csv", freeze="partial", backbone_params=LITE0,
-        params=FinetuneParams(trainable_blocks=1, epochs=2, batch_size=8, lr=3e-3,
-                              weight_decay=0.0, head_lr_mult=1.0), select_by="macro_f1")
+    metrics = finetune_full(_paths(probed, tmp_path), Recipe(
+        "partial", LITE0, FinetuneParams(trainable_blocks=1, epochs=2, batch_size=8, lr=3e-3,
+                                         weight_decay=0.0, head_lr_mult=1.0),
+        select_by="macro_f1"))
     rows = pd.read_csv(tmp_path / "history.csv").to_dict("records")
     assert [row["epoch"] for row in rows] == [0, 1, 2]
     assert metrics["best_epoch"] == best_index(rows, "macro_f1")

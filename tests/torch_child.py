@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from imgpipe.params import BackboneParams  # noqa: E402
 from imgpipe.params_finetune import FinetuneParams  # noqa: E402
 from stages.extract import extract  # noqa: E402
-from stages.finetune_full import finetune_full  # noqa: E402
+from stages.finetune_full import FinetunePaths, Recipe, finetune_full  # noqa: E402
 from stages.prepare import prepare  # noqa: E402
 from stages.train_head import train_head  # noqa: E402
 
@@ -43,11 +43,10 @@ def main() -> None:
     train_head(features_dir=out / "features", head_path=out / "head.pt",
                metrics_path=out / "train_head.json", sweep_path=out / "sweep.csv",
                c_grid=[0.1, 1.0], max_iter=500)
-    finetune_full(prepared_dir=out / "prepared", head_path=out / "head.pt",
-                  model_path=out / "model.pt", metrics_path=out / "finetune.json",
-                  history_path=out / "history.csv", freeze="partial",
-                  backbone_params=BackboneParams("efficientnet_lite0", True, None),
-                  params=FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8))
+    finetune_full(FinetunePaths(out / "prepared", out / "head.pt", out / "model.pt",
+                                out / "finetune.json", out / "history.csv"),
+                  Recipe("partial", BackboneParams("efficientnet_lite0", True, None),
+                         FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8)))
     print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(),
                       "head": (out / "head.pt").read_bytes().hex()[-64:],
                       "history": pd.read_csv(out / "history.csv").fillna(-1).to_dict("list")}))

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +51,7 @@ from imgpipe.params import (
     BackboneParams,
     ClassBalance,
     DistributedParams,
+    FreezeMode,
     RunParams,
     SelectBy,
     load_section,
@@ -61,77 +62,104 @@ from imgpipe.transforms import eval_transform
 _logger = logging.getLogger(__name__)
 
 
-def finetune_full(*, prepared_dir: Path, head_path: Path, model_path: Path, metrics_path: Path,
-                  history_path: Path, freeze: str, backbone_params: BackboneParams,
-                  params: FinetuneParams, augment: AugmentParams | None = None,
-                  checkpoint_dir: Path | None = None, device: torch.device | None = None,
-                  ranks: Ranks = ALONE, select_by: SelectBy = "accuracy",
-                  class_balance: ClassBalance = "none") -> dict:
-    """Build backbone + probe head, fine-tune per `freeze`, save the best-on-val model.
+@dataclass(frozen=True)
+class FinetunePaths:
+    """What finetune_full reads (the prepared folder, train_head's head) and writes."""
 
-    The best epoch is the one with the highest val `select_by`;
-    `class_balance="weights"` weighs each image's loss by the inverse frequency of its
-    class in train.
+    prepared_dir: Path
+    head: Path
+    model: Path
+    metrics: Path
+    history: Path  # per-epoch train/val figures, CSV
+    checkpoint_dir: Path | None = None  # per-epoch training state, for resuming; None: none
 
-    With `checkpoint_dir`, training state is saved there after every epoch and an
-    interrupted run with the same params, head and data resumes from it. Collective
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every param finetune_full trains by."""
+
+    freeze: FreezeMode
+    backbone: BackboneParams
+    finetune: FinetuneParams
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    select_by: SelectBy = "accuracy"  # the val score that picks the kept epoch
+    class_balance: ClassBalance = "none"  # weights: loss weighted by inverse class frequency
+
+
+def finetune_full(paths: FinetunePaths, recipe: Recipe, device: torch.device | None = None,
+                  ranks: Ranks = ALONE) -> dict:
+    """Build backbone + probe head, fine-tune per `recipe.freeze`, save the best-on-val
+    model; returns the kept epoch's metrics.
+
+    With `paths.checkpoint_dir`, training state is saved there after every epoch and an
+    interrupted run with the same recipe, head and data resumes from it. Collective
     under torchrun: every worker trains, rank 0 writes.
     """
-    augment = augment or AugmentParams()
-    device = device or torch.device("cpu")
+    device, params = device or torch.device("cpu"), recipe.finetune
     if params.batch_size % ranks.world:
         raise ParamsError(f"finetune_full.batch_size: {params.batch_size} images cannot be "
                           f"shared equally by {ranks.world} processes; use a multiple of "
                           "distributed.nproc_per_node")
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    backbone, model, classes = _probe_model(head_path, freeze, backbone_params, params)
+    backbone, model, classes = _probe_model(paths.head, recipe)
     model = model.to(device)
-    frozen = set_trainable(model, backbone, freeze, params.trainable_blocks,
+    frozen = set_trainable(model, backbone, recipe.freeze, params.trainable_blocks,
                            params.trainable_patterns)
     counts = parameter_counts(model)
     _logger.info("parameters: %d total, %d trainable, %d frozen", counts["total"],
                  counts["trainable"], counts["frozen"])
-    loaders = _loaders(prepared_dir, model, backbone, freeze, params, augment, device, ranks)
-    start = evaluate_epoch(loaders.net or model, loaders.val, device)
-    history = [{"epoch": 0, **{key: None for key in start.row("train")}, **start.row("val")}]
-    progress = Progress(history, copy.deepcopy(model.state_dict()), history[0])
-    _logger.info("epoch 0 (linear probe): val acc %.4f  val loss %.4f", start.accuracy,
-                 start.loss)
-    if freeze == "all":
+    loaders = _loaders(paths.prepared_dir, model, backbone, recipe, device, ranks)
+    progress = _start(model, loaders, device)
+    if recipe.freeze == "all":
         _logger.info("freeze=all: no end-to-end training, the linear-probe model is final")
     else:
-        training = _training(model, frozen, params, head_path, prepared_dir, len(classes),
-                             class_balance, device, len(loaders.train))
-        key = _run_key(freeze, backbone_params, params, augment, head_path, prepared_dir)
-        checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"finetune-{key}.pt"
+        training = _training(model, frozen, paths, recipe, len(classes), device,
+                             len(loaders.train))
+        checkpoint = paths.checkpoint_dir and (
+            paths.checkpoint_dir / f"finetune-{_run_key(recipe, paths)}.pt")
         torch.manual_seed(params.seed + ranks.rank)  # augmentation differs across workers
-        progress = fit(model, training, loaders, Selection(params.epochs, select_by,
+        progress = fit(model, training, loaders, Selection(params.epochs, recipe.select_by,
                        params.patience), progress, checkpoint, ranks)
     best = progress.best
     metrics = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
                "val_balanced_accuracy": best["val_balanced_accuracy"],
                "val_macro_f1": best["val_macro_f1"], "val_loss": best["val_loss"],
                "params_trainable": counts["trainable"], "params_total": counts["total"]}
-    if not ranks.main:
-        return metrics
-    model.load_state_dict(progress.best_state)
-    save_model(model_path, model, classes=classes,
-               info=BackboneInfo.of(backbone, backbone_params.pretrained, backbone_params.weights),
-               extra={"freeze": freeze, "best_epoch": best["epoch"],
-                      "preprocess": read_preprocess(prepared_dir)})
-    with atomic_path(history_path) as temporary:
-        pd.DataFrame(progress.history).to_csv(temporary, index=False)
-    write_json(metrics_path, metrics)
-    _logger.info("kept epoch %d: val acc %.4f", best["epoch"], best["val_accuracy"])
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # done: nothing left to resume
+    if ranks.main:
+        _save(paths, model, progress, BackboneInfo.of(
+            backbone, recipe.backbone.pretrained, recipe.backbone.weights), recipe, classes)
+        write_json(paths.metrics, metrics)
+        _logger.info("kept epoch %d: val acc %.4f", best["epoch"], best["val_accuracy"])
     return metrics
 
 
-def _probe_model(head_path: Path, freeze: str, backbone_params: BackboneParams,
-                 params: FinetuneParams) -> tuple[Backbone, ImageClassifier, list[str]]:
+def _start(model: ImageClassifier, loaders: Loaders, device: torch.device) -> Progress:
+    """Epoch 0: the starting model (the probe) scored on val, the best so far."""
+    start = evaluate_epoch(loaders.net or model, loaders.val, device)
+    history = [{"epoch": 0, **{key: None for key in start.row("train")}, **start.row("val")}]
+    _logger.info("epoch 0 (linear probe): val acc %.4f  val loss %.4f", start.accuracy,
+                 start.loss)
+    return Progress(history, copy.deepcopy(model.state_dict()), history[0])
+
+
+def _save(paths: FinetunePaths, model: ImageClassifier, progress: Progress, info: BackboneInfo,
+          recipe: Recipe, classes: list[str]) -> None:
+    """The kept epoch's model and the history; the checkpoints go, nothing is left to resume."""
+    model.load_state_dict(progress.best_state)
+    save_model(paths.model, model, classes=classes, info=info,
+               extra={"freeze": recipe.freeze, "best_epoch": progress.best["epoch"],
+                      "preprocess": read_preprocess(paths.prepared_dir)})
+    with atomic_path(paths.history) as temporary:
+        pd.DataFrame(progress.history).to_csv(temporary, index=False)
+    if paths.checkpoint_dir is not None:
+        shutil.rmtree(paths.checkpoint_dir, ignore_errors=True)
+
+
+def _probe_model(head_path: Path, recipe: Recipe,
+                 ) -> tuple[Backbone, ImageClassifier, list[str]]:
     """The pretrained backbone with train_head's head (or the head_init one) on top."""
+    backbone_params, params = recipe.backbone, recipe.finetune
     backbone = build_backbone(backbone_params.name, backbone_params.pretrained,
                               backbone_params.weights, backbone_params.input_size)
     info = BackboneInfo.of(backbone, backbone_params.pretrained, backbone_params.weights)
@@ -141,7 +169,7 @@ def _probe_model(head_path: Path, freeze: str, backbone_params: BackboneParams,
                         f"(pretrained={head_info.pretrained}, {head_info.input_size} px) but "
                         f"backbone is {info.name} (pretrained={info.pretrained}, "
                         f"{info.input_size} px): run `dvc repro` to refit it")
-    if freeze == "all" and params.head_init != "probe":
+    if recipe.freeze == "all" and params.head_init != "probe":
         raise ParamsError(f"finetune_full.head_init: {params.head_init!r} with freeze=all would "
                           "leave an untrained head; use head_init: probe, or freeze partial/none")
     init_head(head, params.head_init, classes, params.imagenet_rows, params.negative_class,
@@ -149,36 +177,37 @@ def _probe_model(head_path: Path, freeze: str, backbone_params: BackboneParams,
     return backbone, ImageClassifier(backbone.trunk, head), classes
 
 
-def _training(model: ImageClassifier, frozen: list[torch.nn.Module], params: FinetuneParams,
-              head_path: Path, prepared_dir: Path, num_classes: int,
-              class_balance: ClassBalance, device: torch.device,
+def _training(model: ImageClassifier, frozen: list[torch.nn.Module], paths: FinetunePaths,
+              recipe: Recipe, num_classes: int, device: torch.device,
               steps_per_epoch: int) -> Training:
     """Optimizer, schedule and loss: cross-entropy (class-weighted, smoothed per params),
     plus the probe's own L2 on the head with `head_penalty: probe`."""
+    params = recipe.finetune
     optimizer = make_optimizer(model, params)
     criterion: torch.nn.Module = torch.nn.CrossEntropyLoss(
-        weight=_class_weights(prepared_dir, num_classes) if class_balance == "weights"
-        else None, label_smoothing=params.label_smoothing).to(device)
+        weight=_class_weights(paths.prepared_dir, num_classes)
+        if recipe.class_balance == "weights" else None,
+        label_smoothing=params.label_smoothing).to(device)
     if params.head_penalty == "probe" and params.head_init == "probe":
-        criterion = PenalisedLoss(criterion, load_probe_penalty(head_path).to(device),
+        criterion = PenalisedLoss(criterion, load_probe_penalty(paths.head).to(device),
                                   model.head)
     return Training(optimizer, make_schedule(optimizer, params, steps_per_epoch), criterion,
                     frozen, params.bn_stats, device,
                     torch.amp.GradScaler("cuda", enabled=device.type == "cuda"))
 
 
-def _loaders(prepared_dir: Path, model: ImageClassifier, backbone: Backbone, freeze: str,
-             params: FinetuneParams, augment: AugmentParams, device: torch.device,
-             ranks: Ranks) -> Loaders:
+def _loaders(prepared_dir: Path, model: ImageClassifier, backbone: Backbone, recipe: Recipe,
+             device: torch.device, ranks: Ranks) -> Loaders:
     """Train and val batches: of images, or of the frozen blocks' cached outputs when
     `freeze=partial` and the trunk can be split (frozen_prefix)."""
+    params, augment = recipe.finetune, recipe.augment
     evaluation = eval_transform(backbone.input_size, backbone.mean, backbone.std)
     training = train_transform(backbone.input_size, backbone.mean, backbone.std, augment)
     images = Loaders(
         _loader(_dataset(prepared_dir, "train", training), params.batch_size, ranks,
                 shuffle_seed=params.seed),
         _loader(_dataset(prepared_dir, "val", evaluation), params.batch_size, ranks))
-    if freeze != "partial" or params.cached_views == 0 or params.trainable_patterns:
+    if recipe.freeze != "partial" or params.cached_views == 0 or params.trainable_patterns:
         return images
     if distributed.active():
         _logger.info("finetune_full.cached_views: not under torchrun; the frozen blocks run "
@@ -218,14 +247,11 @@ def _class_weights(prepared_dir: Path, num_classes: int) -> torch.Tensor:
     return (len(labels) / (num_classes * counts.clamp(min=1))).float()
 
 
-def _run_key(freeze: str, backbone_params: BackboneParams, params: FinetuneParams,
-             augment: AugmentParams, head_path: Path, prepared_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: params, head and dataset."""
-    digest = hashlib.sha256(json.dumps(
-        [freeze, asdict(backbone_params), asdict(params), asdict(augment)],
-        sort_keys=True).encode())
-    digest.update(head_path.read_bytes())
-    digest.update((prepared_dir / MANIFEST_NAME).read_bytes())
+def _run_key(recipe: Recipe, paths: FinetunePaths) -> str:
+    """What a checkpoint must match to be resumed: the recipe, head and dataset."""
+    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    digest.update(paths.head.read_bytes())
+    digest.update((paths.prepared_dir / MANIFEST_NAME).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -268,16 +294,15 @@ def main() -> None:
                                                               "distributed").nproc_per_node):
             return
         run = load_section(RunParams, None)
+        recipe = Recipe(run.freeze, load_section(BackboneParams, "backbone"),
+                        load_section(FinetuneParams, "finetune_full"),
+                        load_section(AugmentParams, "augment"), run.select_by,
+                        run.class_balance)
+        paths = FinetunePaths(args.prepared_dir, args.head, args.model, args.metrics,
+                              args.history, args.checkpoint_dir)
         device = distributed.resolve_device(run.device)
         with distributed.process_group(device) as ranks:
-            finetune_full(prepared_dir=args.prepared_dir, head_path=args.head,
-                          model_path=args.model, metrics_path=args.metrics,
-                          history_path=args.history, freeze=run.freeze,
-                          backbone_params=load_section(BackboneParams, "backbone"),
-                          params=load_section(FinetuneParams, "finetune_full"),
-                          augment=load_section(AugmentParams, "augment"),
-                          checkpoint_dir=args.checkpoint_dir, device=device, ranks=ranks,
-                          select_by=run.select_by, class_balance=run.class_balance)
+            finetune_full(paths, recipe, device, ranks)
 
     stage.run("finetune_full", body)
 
