@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgpipe.backbones import Backbone
 from imgpipe.data import ImageDataset
 from imgpipe.efficientnet_lite import EfficientNetLite
+from imgpipe.finetune import to_device
 from imgpipe.model import ImageClassifier
 
 _logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def prefix_maps(prefix: nn.Module, dataset: ImageDataset, batch_size: int,
         torch.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.inference_mode():
-        return torch.cat([prefix(images.to(device)).cpu() for images, _ in loader])
+        return torch.cat([prefix(to_device(images, device)).cpu() for images, _ in loader])
 
 
 def map_bytes(prefix: nn.Module, input_size: int, images: int, device: torch.device) -> int:

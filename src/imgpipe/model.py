@@ -71,7 +71,8 @@ def save_model(path: Path, model: ImageClassifier, *, classes: list[str], info: 
     """
     record = ModelRecord(list(classes), info, int(extra["preprocess"]["image_size"]),
                          freeze=extra["freeze"], best_epoch=int(extra["best_epoch"]))
-    state = {key: value.cpu() for key, value in model.state_dict().items()}
+    # Contiguous: the file's bytes do not depend on the memory layout training used.
+    state = {key: value.cpu().contiguous() for key, value in model.state_dict().items()}
     save_torch(path, {"format_version": FORMAT_VERSION, "state_dict": state,
                       "record": record.to_dict()})
 

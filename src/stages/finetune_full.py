@@ -103,7 +103,7 @@ def finetune_full(paths: FinetunePaths, recipe: Recipe, device: torch.device | N
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     backbone, model, classes = _probe_model(paths.head, recipe)
-    model = model.to(device)
+    model = model.to(device, memory_format=torch.channels_last)  # batches too: to_device
     frozen = set_trainable(model, backbone, recipe.freeze, params.trainable_blocks,
                            params.trainable_patterns)
     counts = parameter_counts(model)
