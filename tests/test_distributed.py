@@ -64,6 +64,7 @@ def test_a_batch_the_workers_cannot_share_equally_is_refused(probed, tmp_path: P
                              FinetuneParams(batch_size=8)), ranks=Ranks(rank=0, world=3))
 
 
+@pytest.mark.slow  # torchrun with two workers
 def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) -> None:
     # Batches of 4: the 18 train images make 5 batches, 3 for rank 0 and 2 for rank 1.
     # torchrun gives each worker one thread; oneDNN's sums depend on the thread count
@@ -91,6 +92,7 @@ def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) ->
         p.name for p in single.iterdir())
 
 
+@pytest.mark.slow  # torchrun with two workers
 def test_two_workers_fine_tune_like_one_process(probed, tmp_path: Path) -> None:
     single = tmp_path / "single"
     single.mkdir()

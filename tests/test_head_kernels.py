@@ -19,6 +19,9 @@ import pytest
 
 from imgpipe.head import COEF_DECIMALS
 
+# Child processes running whole stages: in `make test` and CI, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CHILD = Path(__file__).with_name("probe_child.py")
 # name -> (environment added, the caller's BLAS threads)
 SETTINGS = {

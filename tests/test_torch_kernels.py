@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Child processes running whole stages: in `make test` and CI, not `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CHILD = Path(__file__).with_name("torch_child.py")
 FORCED = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
           "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OPENBLAS_CORETYPE": "Prescott"}
