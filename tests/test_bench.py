@@ -47,7 +47,8 @@ def test_tiny_run_reports_every_target_with_figures_and_verdicts_from_them(
     out = tmp_path / "report"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--sizes", "40", "80",
-         "--rounds", "1", "--throughput-images", "32", "--out", str(out),
+         "--rounds", "1", "--throughput-images", "40", "--digits-per-class", "8",
+         "--out", str(out),
          "--work", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -66,6 +67,17 @@ def test_tiny_run_reports_every_target_with_figures_and_verdicts_from_them(
         assert target["verdict"] == (MET if all(passed) else MISSED), name
         assert target["goal"] and target["unit"] and target["notes"], name
 
+    # Every figure of the extraction target is computed (bf16's only where the CPU has it).
+    throughput = {f["name"]: f["value"] for f in targets["extraction_throughput"]["figures"]}
+    assert {"whole-stage speedup vs eager resnet18", "whole-stage speedup vs eager lite0",
+            "network-only lite0 share of roof", "matmul roof", "decode and normalise alone",
+            "network-only onnxruntime lite0", "network-only bf16 speedup vs f32",
+            "probe test accuracy f32", "probe test accuracy bf16"} <= set(throughput)
+    for name, value in throughput.items():
+        if value is None and "bf16" in name and not _cpu_has_bf16():
+            continue
+        assert value is not None and math.isfinite(value) and value > 0, name
+
     growth = report["growth"]
     assert growth["sizes"] == [40, 80]
     for stage in ("prepare", "extract", "train_head"):
@@ -75,3 +87,14 @@ def test_tiny_run_reports_every_target_with_figures_and_verdicts_from_them(
     for name, target in targets.items():
         assert f"## {name}: {target['verdict']}" in markdown
     assert "| stage | N = 40 | N = 80 |" in markdown
+
+
+def _cpu_has_bf16() -> bool:
+    from imgpipe.errors import ParamsError
+    from imgpipe.runtimes import check_precision
+
+    try:
+        check_precision("openvino", "bf16")
+    except ParamsError:
+        return False
+    return True

@@ -115,15 +115,17 @@ def test_prepare_with_another_image_size_decodes_everything_again(
     assert len(list((cache / "prepared").iterdir())) == 2
 
 
+# The runtimes too: 30 then 6 images (other batch mates, other padding) equal 36 at once.
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
 def test_extract_computes_only_new_images_and_matches_an_uncached_run(
-        datasets, tmp_path: Path, forwarded: list[int]) -> None:
+        datasets, tmp_path: Path, forwarded: list[int], runtime: str) -> None:
     cache = tmp_path / "cache"
     base = run_prepare(datasets["base"], tmp_path / "base", cache)
     grown = run_prepare(datasets["grown"], tmp_path / "grown", cache)
-    run_extract(base, tmp_path / "base", cache)
-    cached = run_extract(grown, tmp_path / "grown", cache)
+    run_extract(base, tmp_path / "base", cache, runtime=runtime)
+    cached = run_extract(grown, tmp_path / "grown", cache, runtime=runtime)
     assert forwarded == [30, 6]
-    fresh = run_extract(grown, tmp_path / "fresh", cache_dir=None)
+    fresh = run_extract(grown, tmp_path / "fresh", cache_dir=None, runtime=runtime)
     for split in SPLITS:
         one, two = load_split(fresh, split), load_split(cached, split)
         assert np.array_equal(one.image_ids, two.image_ids)

@@ -83,7 +83,8 @@ def test_every_library_file_preparing_an_image_runs_is_hashed_into_its_key(
 @pytest.mark.parametrize("field", [f.name for f in fields(FeatureSettings) if f.name != "weights"])
 def test_every_feature_setting_changes_the_key(field: str) -> None:
     other = {"backbone": "efficientnet_lite1", "pretrained": True, "input_size": 64,
-             "batch_size": 3, "device": "cuda"}[field]
+             "batch_size": 3, "device": "cuda", "runtime": "openvino",
+             "precision": "bf16"}[field]
     assert cache_key(replace(_SETTINGS, **{field: other})) != cache_key(_SETTINGS)
 
 

@@ -65,7 +65,9 @@ def test_a_batch_the_workers_cannot_share_equally_is_refused(probed, tmp_path: P
 
 
 @pytest.mark.slow  # torchrun with two workers
-def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path,
+                                                      runtime: str) -> None:
     # Batches of 4: the 18 train images make 5 batches, 3 for rank 0 and 2 for rank 1.
     # torchrun gives each worker one thread; oneDNN's sums depend on the thread count
     # (by up to ~1e-5 here), so the one-process run gets one thread too.
@@ -75,12 +77,12 @@ def test_two_workers_extract_the_same_features_as_one(probed, tmp_path: Path) ->
     try:
         extract(prepared_dir=probed["prepared"], features_dir=single,
                 backbone_name="efficientnet_lite0", pretrained=True, weights=None,
-                batch_size=4)
+                batch_size=4, runtime=runtime)
     finally:
         torch.set_num_threads(threads)
     result = run_stage(tmp_path / "project", "extract.py", 2, "--prepared-dir",
                        str(probed["prepared"]), "--features-dir", str(tmp_path / "two"),
-                       extract={"batch_size": 4})
+                       extract={"batch_size": 4, "runtime": runtime})
     assert result.returncode == 0, result.stderr
     for split in ("train", "val", "test"):
         one, two = load_split(single, split), load_split(tmp_path / "two", split)

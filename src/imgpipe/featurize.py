@@ -3,9 +3,11 @@
 A cached vector is valid exactly when it would be computed again the same: same image
 (its sha256, which prepare computed), same code, same values passed in. So the cache key
 is made of
-    - `FeatureSettings`, every value the computation is given, field by field;
+    - `FeatureSettings`, every value the computation is given, field by field, with the
+      runtime that actually ran (`auto` resolved: features of different runtimes never
+      share a folder);
     - what the settings leave to the machine: the weights file's digest, torch's thread
-      count, the torch and torchvision versions;
+      count, the torch and torchvision versions, the runtime's version;
     - the code: the digest of every file in this module's import closure (see
       imgpipe.closure), which holds the decoding, the transform, the network, the
       forward loop and the cache's own storage. An edit to any other module (an error
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from imgpipe.cache import ItemCache, file_digest
 from imgpipe.closure import code_digests
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks, resolve_device
+from imgpipe.exported import ExportKey
+from imgpipe.runtimes import load_runner, version
 from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
@@ -52,14 +56,22 @@ class FeatureSettings:
     input_size: int | None  # backbone.input_size, pixels; None: the backbone's own
     batch_size: int  # extract.batch_size: batch shape picks the kernels (rounding ~1e-6)
     device: str = "cpu"  # device type, cpu or cuda (under torchrun, each worker's own GPU)
+    runtime: str = "torch"  # extract.runtime; in the key: the one that ran (never auto)
+    precision: str = "f32"  # extract.precision: f32 | bf16 (OpenVINO only)
 
 
 def cache_key(settings: FeatureSettings) -> dict[str, Any]:
-    """Everything a cached feature vector depends on besides the image itself."""
+    """Everything a cached feature vector depends on besides the image itself.
+
+    `settings.runtime` is the runtime that ran, not `auto` (`image_features` resolves it).
+    """
+    if settings.runtime == "auto":
+        raise ValueError("cache_key needs the runtime that ran, not auto")
     return {**asdict(settings),
             "weights_sha256": settings.weights and file_digest(Path(settings.weights)),
             "threads": torch.get_num_threads(),  # thread count picks the kernels too
             "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "runtime_version": version(settings.runtime),
             "code": code_digests(__name__)}
 
 
@@ -82,6 +94,10 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
     _logger.info("%s (%s): %d-d features at %d px", settings.backbone,
                  "ImageNet" if settings.pretrained else "random init", info.feature_dim,
                  info.input_size)
+    runtime, trunk = load_runner(settings.runtime, settings.precision, inference_trunk(backbone),
+                                 _export_key(settings, backbone.input_size), cache_dir, device)
+    settings = replace(settings, runtime=runtime)
+    _logger.info("runtime %s %s, %s", runtime, version(runtime), settings.precision)
     cache, todo = None, list(range(len(files)))
     if cache_dir is not None:
         cache = ItemCache(cache_dir, CACHE_KIND, cache_key(settings))
@@ -89,7 +105,7 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
-    computed = forward_sharded(inference_trunk(backbone), [files[i] for i in todo], transform,
+    computed = forward_sharded(trunk, [files[i] for i in todo], transform,
                                settings.batch_size, "extract", ranks, device=device,
                                pad_last=True)
     if not ranks.main:
@@ -104,6 +120,12 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
             else:
                 features[i] = np.load(cache.path(key, FEATURE_SUFFIX), allow_pickle=False)
     return info, features
+
+
+def _export_key(settings: FeatureSettings, input_size: int) -> ExportKey:
+    return ExportKey(settings.backbone, settings.pretrained,
+                     settings.weights and file_digest(Path(settings.weights)),
+                     settings.batch_size, input_size)
 
 
 def _save_row(path: Path, row: np.ndarray) -> None:

@@ -36,15 +36,18 @@ _logger = logging.getLogger(__name__)
 def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretrained: bool,
             weights: str | None, batch_size: int, input_size: int | None = None,
             device: torch.device | None = None, ranks: Ranks = ALONE,
-            cache_dir: Path | None = None) -> BackboneInfo:
+            cache_dir: Path | None = None, runtime: str = "torch",
+            precision: str = "f32") -> BackboneInfo:
     """Write pooled penultimate features of every prepared image, split by split.
 
     Collective under torchrun: every worker computes its share, rank 0 writes. With
     `cache_dir`, only images without a cached feature vector go through the network
-    (imgpipe.featurize says what the cache key is made of).
+    (imgpipe.featurize says what the cache key is made of). `runtime` and `precision`:
+    what runs the network (imgpipe.runtimes); the exported network is cached there too.
     """
     settings = FeatureSettings(backbone_name, pretrained, weights, input_size, batch_size,
-                               device=(device or torch.device("cpu")).type)
+                               device=(device or torch.device("cpu")).type, runtime=runtime,
+                               precision=precision)
     table = pd.concat([read_manifest(prepared_dir, split) for split in SPLITS],
                       ignore_index=True)
     keys = [sha[:16] for sha in table["sha256"]]  # prepare hashed every image
@@ -78,14 +81,15 @@ def main() -> None:
                                                         "distributed").nproc_per_node):
             return
         backbone = load_section(BackboneParams, "backbone")
+        params = load_section(ExtractParams, "extract")
         device = distributed.resolve_device(load_section(RunParams, None).device)
         with distributed.process_group(device) as ranks:
             extract(prepared_dir=args.prepared_dir, features_dir=args.features_dir,
                     backbone_name=backbone.name, pretrained=backbone.pretrained,
                     weights=backbone.weights,
-                    batch_size=load_section(ExtractParams, "extract").batch_size,
-                    input_size=backbone.input_size, device=device, ranks=ranks,
-                    cache_dir=args.cache_dir)
+                    batch_size=params.batch_size, input_size=backbone.input_size,
+                    device=device, ranks=ranks, cache_dir=args.cache_dir,
+                    runtime=params.runtime, precision=params.precision)
 
     stage.run("extract", body)
 
