@@ -5,7 +5,10 @@ After a sweep on the queue (README, "Recipe search"), every experiment's
 as epoch 0). This reads the experiments through DVC's Python API, ranks them by the val
 score `--by` (then lower val loss, as `imgpipe.scores.best_index` does), prints the
 ranking, and with `--apply` runs `dvc exp apply` on the winner. Test scores are shown but
-never used to choose.
+never used to choose. Val scores compare only on the same val split, so only experiments
+on one dataset and split compete: those whose `data` and `prepare` params equal the
+workspace's params.yaml (`--source` picks another `data.source`, as a sweep with
+`-S data.source=...` sets it).
 
     python scripts/best_experiment.py --by macro_f1 --apply
 """
@@ -16,7 +19,10 @@ import argparse
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from imgpipe.scores import best_index
 
@@ -31,9 +37,37 @@ def value(row: dict[str, Any], file: str, name: str) -> Any:
 
 
 def finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The experiments (not the baseline commit) whose val scores exist."""
+    """The experiments (not the baseline commit) that ran to the end with val scores.
+
+    A failed queued experiment is listed with its baseline's metrics: its State says so.
+    """
     return [row for row in rows if row.get("typ") != "baseline"
+            and row.get("State") not in ("Failed", "Queued", "Running")
             and isinstance(value(row, FINETUNE, "val_loss"), (int, float))]
+
+
+def same_split(rows: list[dict[str, Any]], split: dict[str, Any]) -> list[dict[str, Any]]:
+    """The experiments whose val split is the one `split` (param -> value) makes."""
+    return [row for row in rows
+            if all(_same(value(row, "params.yaml", key), wanted) for key, wanted in split.items())]
+
+
+def _same(shown: Any, wanted: Any) -> bool:
+    """exp_show gives numbers as floats and None as 'None': compare as it shows them."""
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool):
+        return isinstance(shown, (int, float)) and float(shown) == float(wanted)
+    return shown == wanted or str(shown) == str(wanted)
+
+
+def split_params(params: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """The params that decide the val split (dataset and prepare's), as exp_show names
+    them, from a parsed params.yaml; `source` replaces `data.source` when given."""
+    flat = {f"data.{key}": value for key, value in params["data"].items()}
+    flat.update({f"prepare.{key}": value for key, value in params["prepare"].items()
+                 if key != "on_error"})
+    if source is not None:
+        flat["data.source"] = source
+    return flat
 
 
 def rank(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
@@ -62,16 +96,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--by", choices=["accuracy", "balanced_accuracy", "macro_f1"],
                         default="accuracy", help="val score to rank by (default accuracy)")
+    parser.add_argument("--source", default=None,
+                        help="rank the experiments on this data.source (default: the "
+                             "workspace's params.yaml)")
     parser.add_argument("--apply", action="store_true",
                         help="run `dvc exp apply` on the best experiment")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import dvc.api
 
-    rows = finished(dvc.api.exp_show())
+    done = finished(dvc.api.exp_show())
+    split = split_params(yaml.safe_load(Path("params.yaml").read_text()), args.source)
+    rows = same_split(done, split)
     if not rows:
-        sys.exit("no finished experiment with metrics/finetune_full.json: run a sweep first "
-                 "(README, Recipe search)")
+        sys.exit(f"no finished experiment with metrics/finetune_full.json on data.source "
+                 f"{split['data.source']!r} with the workspace's prepare params ({len(done)} on "
+                 "other data or splits): run a sweep first (README, Recipe search), or name "
+                 "its dataset with --source")
+    if len(rows) < len(done):
+        _logger.info("left out %d experiment(s) on another dataset or split",
+                     len(done) - len(rows))
     ranked = rank(rows, args.by)
     print(_table(ranked, args.by))
     best = ranked[0].get("Experiment") or ranked[0]["rev"]

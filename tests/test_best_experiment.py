@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from best_experiment import FINETUNE, _table, finished, rank
+from best_experiment import FINETUNE, _table, finished, rank, same_split, split_params
 
 
 def row(name: str, accuracy: float, macro_f1: float, loss: float, test: float) -> dict:
@@ -22,8 +22,27 @@ def test_experiments_rank_by_the_chosen_val_score_then_loss() -> None:
 def test_the_baseline_and_unfinished_experiments_are_left_out() -> None:
     rows = [{**row("base", 0.9, 0.9, 0.1, 0.9), "typ": "baseline"},
             {**row("queued", 0.9, 0.9, 0.1, 0.9), f"{FINETUNE}:val_loss": None},
-            row("done", 0.5, 0.5, 0.5, 0.5)]
+            # A failed queued run is shown with its baseline's metrics (seen with DVC 3).
+            {**row("failed", 0.9, 0.9, 0.1, 0.9), "State": "Failed"},
+            {**row("done", 0.5, 0.5, 0.5, 0.5), "State": "Success"}]
     assert [r["Experiment"] for r in finished(rows)] == ["done"]
+
+
+def test_only_experiments_on_the_same_dataset_and_split_compete() -> None:
+    params = {"data": {"source": "data/sample", "classes": None},
+              "prepare": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15,
+                          "image_size": 224, "on_error": "skip"}}
+    # exp_show's forms: numbers as floats, None as the string 'None'.
+    shown = {"data.classes": "None", "prepare.seed": 0.0, "prepare.val_fraction": 0.15,
+             "prepare.test_fraction": 0.15, "prepare.image_size": 224.0}
+    rows = [{**row("sample", 0.99, 0.9, 0.1, 0.9), "data.source": "data/sample", **shown},
+            {**row("scratches", 0.90, 0.7, 0.3, 0.9), "data.source": "data/scratches",
+             **shown},
+            {**row("other_split", 0.95, 0.7, 0.3, 0.9), "data.source": "data/scratches",
+             **shown, "prepare.seed": 1.0}]
+    assert [r["Experiment"] for r in same_split(rows, split_params(params, None))] == ["sample"]
+    assert [r["Experiment"] for r in same_split(
+        rows, split_params(params, "data/scratches"))] == ["scratches"]
 
 
 def test_the_table_shows_val_and_test_with_dashes_for_missing_values() -> None:
