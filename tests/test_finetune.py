@@ -61,6 +61,27 @@ def test_frozen_batchnorm_statistics_do_not_move_while_training() -> None:
     assert not torch.equal(trained_bn.running_mean, before[1])
 
 
+
+def _one_step(clip_grad_norm: float) -> float:
+    """The L2 norm of what one plain SGD step (lr 1) moves a small model's weights by."""
+    torch.manual_seed(0)
+    model = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), nn.Linear(4, 3))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    loader = DataLoader(TensorDataset(torch.randn(6, 3, 2, 2) * 10,
+                                      torch.tensor([0, 1, 2, 0, 1, 2])), batch_size=6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    train_epoch(model, Training(optimizer, clip_grad_norm=clip_grad_norm), loader, "clip")
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return float((after - before).norm())
+
+
+def test_clip_grad_norm_caps_the_step_and_zero_leaves_it_alone() -> None:
+    unclipped = _one_step(0.0)
+    assert unclipped > 1.0  # the gradient is larger than the cap below
+    assert _one_step(0.25) == pytest.approx(0.25, rel=1e-4)  # lr 1: step = clipped gradient
+    assert _one_step(unclipped * 2) == pytest.approx(unclipped, rel=1e-6)
+
+
 def _paths(probed: dict[str, Path], tmp_path: Path,
            checkpoint_dir: Path | None = None) -> FinetunePaths:
     return FinetunePaths(probed["prepared"], probed["head"], tmp_path / "model.pt",

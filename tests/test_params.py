@@ -81,6 +81,7 @@ def test_missing_data_source_names_the_key() -> None:
     ("train_head.c_grid", [1.0, -1.0], "train_head.c_grid"),
     ("train_head.c_grid", 1.0, "train_head.c_grid: expected a list"),
     ("finetune_full.lr", 0, r"finetune_full.lr: 0.0 is out of range"),
+    ("finetune_full.clip_grad_norm", -1.0, r"finetune_full.clip_grad_norm: -1.0 is out of"),
     ("data.source", "", "data.source: expected a non-empty string"),
     ("backbone.input_size", 8, r"backbone.input_size: 8 is out of range"),
     ("device", "gpu", "device: 'gpu' is not allowed; use one of auto, cpu, cuda"),

@@ -107,6 +107,7 @@ class Training:
     bn_stats: str = "update"  # frozen: every BatchNorm normalises with running statistics
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     scaler: torch.amp.GradScaler | None = None  # enabled: float16 mixed precision (CUDA)
+    clip_grad_norm: float = 0.0  # above 0: gradients rescaled to at most this L2 norm
 
 
 @dataclass(frozen=True)
@@ -145,16 +146,27 @@ def train_epoch(model: nn.Module, training: Training, loader: DataLoader,
         optimizer.zero_grad(set_to_none=True)
         if mixed:
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            _clip(optimizer, training.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            _clip(optimizer, training.clip_grad_norm)
             optimizer.step()
         if training.schedule is not None:
             training.schedule.step()  # per step: warmup and decay are in steps
         loss_sum += loss.item() * len(labels)
         counts = _count(counts, labels, logits)
     return _result(loss_sum, counts)
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Rescale the gradients of every parameter the optimizer steps to at most `max_norm`
+    in total L2 norm (a no-op at 0)."""
+    if max_norm > 0:
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups
+                                  for p in group["params"]], max_norm)
 
 
 def evaluate_epoch(model: nn.Module, loader: DataLoader,

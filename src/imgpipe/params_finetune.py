@@ -26,6 +26,7 @@ class FinetuneParams:
     step_gamma: float = 0.1  # schedule=step: lr factor at each decay
     warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (fractions allowed)
     label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0  # max L2 norm of all gradients per step; 0 = off
     patience: int = 0  # early stopping: epochs without val improvement; 0 = off
     head_init: Literal["probe", "xavier", "zeros"] = "probe"
     head_penalty: Literal["probe", "none"] = "probe"  # keep the probe's L2 on the head
@@ -47,6 +48,7 @@ class FinetuneParams:
         check_range("finetune_full.step_gamma", self.step_gamma, 0.0, 1.0)
         check_range("finetune_full.warmup_epochs", self.warmup_epochs, 0.0, self.epochs)
         check_range("finetune_full.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_range("finetune_full.clip_grad_norm", self.clip_grad_norm, 0.0, 1e6)
         check_range("finetune_full.patience", self.patience, 0, 10_000)
         check_range("finetune_full.cached_views", self.cached_views, 0, 1000)
         for index in self.imagenet_rows.values():

@@ -193,7 +193,8 @@ def _training(model: ImageClassifier, frozen: list[torch.nn.Module], paths: Fine
                                   model.head)
     return Training(optimizer, make_schedule(optimizer, params, steps_per_epoch), criterion,
                     frozen, params.bn_stats, device,
-                    torch.amp.GradScaler("cuda", enabled=device.type == "cuda"))
+                    torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
+                    params.clip_grad_norm)
 
 
 def _loaders(prepared_dir: Path, model: ImageClassifier, backbone: Backbone, recipe: Recipe,
