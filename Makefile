@@ -47,13 +47,18 @@ repro: setup
 check-repro: setup
 	$(PYTHON) scripts/check_repro.py $(CHECK_REPRO_ARGS)
 
+# Test worker processes (pytest-xdist); each takes whole test files, so a file's
+# fixtures are built once. 2 suits this 2-core machine; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PYTHON) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 # Everything: unit tests and the `slow` ones that run real dvc commands on a copy.
 test: setup
-	$(PYTHON) -m pytest
+	$(PYTEST)
 
 # The edit-test loop: every test not marked `slow` (no dvc commands, no bench).
 test-fast: setup
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: setup
 	ruff check src tests scripts bench
