@@ -71,6 +71,7 @@ def test_tiny_run_reports_every_target_with_figures_and_verdicts_from_them(
     throughput = {f["name"]: f["value"] for f in targets["extraction_throughput"]["figures"]}
     assert {"whole-stage speedup vs eager resnet18", "whole-stage speedup vs eager lite0",
             "network-only lite0 share of roof", "matmul roof", "decode and normalise alone",
+            "whole-stage speedup from overlapping decode",
             "network-only onnxruntime lite0", "network-only bf16 speedup vs f32",
             "probe test accuracy f32", "probe test accuracy bf16"} <= set(throughput)
     for name, value in throughput.items():
