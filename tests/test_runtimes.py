@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import typing
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +47,18 @@ def test_runtime_features_equal_the_torch_path_to_relative_1e_4(name: str,
         got = runner(images).numpy()
     assert ran == runtime and got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_without_a_cache_folder_the_temporary_export_is_removed_once_compiled(
+        runtime: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp exports
+    trunk, key = _trunk_and_key("efficientnet_lite0")
+    images = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        _, runner = load_runner(runtime, "f32", trunk, key, None, CPU)
+        assert list(tmp_path.iterdir()) == []
+        assert torch.allclose(runner(images), trunk(images), rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture

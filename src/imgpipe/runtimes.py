@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,11 @@ def _compile(runtime: str, precision: str, trunk: nn.Module, key: ExportKey,
         target = {"runtime": runtime, "runtime_version": version(runtime),
                   "precision": precision}
         onnx_path = exported_onnx(trunk, key, target, cache_dir)
-        return (OpenVinoTrunk if runtime == "openvino" else OrtTrunk)(onnx_path, precision)
+        try:
+            return (OpenVinoTrunk if runtime == "openvino" else OrtTrunk)(onnx_path, precision)
+        finally:
+            if cache_dir is None:  # a temporary export: the runner holds the model in memory
+                shutil.rmtree(onnx_path.parent, ignore_errors=True)
     except RuntimeUnavailable:
         raise
     except Exception as error:  # export or compile failed: an op it lacks, a bad graph
