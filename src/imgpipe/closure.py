@@ -2,33 +2,28 @@
 
 DVC re-runs a stage when a file in its deps changes, and prepare and extract key their
 per-image caches by the code that computes one image's value. Both lists are import
-closures, computed here in one way: import the module in a fresh interpreter and list
-the `imgpipe` source files then in `sys.modules` (`__init__.py` files are left out: they
-hold no code). tests/test_dvc_yaml.py checks dvc.yaml against it.
+closures, computed here in one way: the `imgpipe` source files that importing the module
+loads, read from the source (`ast`), not by importing it. An import counts when it runs
+at import time: a module-level `import` / `from ... import`, also inside a module-level
+`if`, `try` or `with`, but not one inside a function (a lazy import) or under
+`if TYPE_CHECKING:`. Importing `imgpipe.x` also runs `imgpipe/__init__.py`, which is
+followed but not listed (`__init__.py` files hold no code). tests/test_closure.py checks
+this against a fresh interpreter's `sys.modules`; tests/test_dvc_yaml.py checks dvc.yaml
+against it.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
-import json
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import imgpipe
 
 SRC_DIR = Path(imgpipe.__file__).resolve().parents[1]  # holds imgpipe/ and stages/
-_LIST_IMPORTS = """
-import importlib, json, sys
-for name in sys.argv[1:]:
-    importlib.import_module(name)
-print(json.dumps(sorted(
-    "imgpipe/" + m.__file__.replace("\\\\", "/").rsplit("/imgpipe/", 1)[1]
-    for m in list(sys.modules.values())
-    if (getattr(m, "__file__", None) or "").replace("\\\\", "/").count("/imgpipe/")
-    and not m.__file__.endswith("__init__.py"))))
-"""
+_PACKAGES = ("imgpipe", "stages")  # followed; only imgpipe/ files are listed
 
 
 def import_closure(*modules: str, src_dir: Path = SRC_DIR) -> list[str]:
@@ -36,19 +31,81 @@ def import_closure(*modules: str, src_dir: Path = SRC_DIR) -> list[str]:
 
     Args:
         modules: dotted names, such as `stages.extract` or `imgpipe.featurize`.
-        src_dir: the folder holding the `imgpipe` package to import from.
+        src_dir: the folder holding the `imgpipe` package to read.
     """
     return list(_closure(tuple(modules), src_dir.resolve()))
 
 
 @functools.cache
 def _closure(modules: tuple[str, ...], src_dir: Path) -> tuple[str, ...]:
-    # A fresh interpreter: what this process has already imported must not count.
-    result = subprocess.run([sys.executable, "-c", _LIST_IMPORTS, *modules], cwd=src_dir,
-                            capture_output=True, text=True, check=True,
-                            env={"PYTHONPATH": str(src_dir), "PATH": ""})
-    return tuple(json.loads(result.stdout))
+    seen: set[Path] = set()
+    pending = [path for name in modules for path in _files_run_by(name, src_dir)]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name in _imported_names(tree.body, _package_of(path, src_dir)):
+            pending.extend(_files_run_by(name, src_dir))
+    return tuple(sorted(path.relative_to(src_dir).as_posix() for path in seen
+                        if path.parts[len(src_dir.parts)] == "imgpipe"
+                        and path.name != "__init__.py"))
 
+
+def _files_run_by(name: str, src_dir: Path) -> list[Path]:
+    """The source files that `import name` runs: each package's __init__.py on the way,
+    then the module. Names outside imgpipe and stages, or not found, run none of ours."""
+    if name.split(".")[0] not in _PACKAGES:
+        return []
+    files, folder = [], src_dir
+    for part in name.split("."):
+        folder = folder / part
+        if (folder / "__init__.py").is_file():
+            files.append(folder / "__init__.py")
+        elif folder.with_suffix(".py").is_file():
+            files.append(folder.with_suffix(".py"))
+            break
+        elif not folder.is_dir():  # a folder without __init__.py: a namespace package
+            break
+    return files
+
+
+def _package_of(path: Path, src_dir: Path) -> str:
+    parts = path.relative_to(src_dir).with_suffix("").parts
+    return ".".join(parts if path.name == "__init__.py" else parts[:-1])
+
+
+def _imported_names(body: list[ast.stmt], package: str) -> Iterator[str]:
+    """Dotted names of the modules `body` imports when it runs at module level.
+
+    `from a import b` yields `a` and `a.b` (b may be a submodule; `_files_run_by` keeps
+    only what exists)."""
+    for node in body:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y, from .. import z
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _imported_names(node.body, package)
+            yield from _imported_names(node.orelse, package)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse,
+                          node.finalbody):
+                yield from _imported_names(block, package)
+        elif isinstance(node, ast.With):
+            yield from _imported_names(node.body, package)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 def code_digests(*modules: str, src_dir: Path = SRC_DIR) -> dict[str, str]:
     """File -> sha256 (16 hex digits) of every file in the import closure of `modules`.
