@@ -48,9 +48,11 @@ check-repro: setup
 	$(PYTHON) scripts/check_repro.py $(CHECK_REPRO_ARGS)
 
 # Test worker processes (pytest-xdist); each takes whole test files, so a file's
-# fixtures are built once. 2 suits this 2-core machine; TEST_WORKERS=0 runs in one process.
+# fixtures are built once, in collection order (the longest files first, tests/conftest.py;
+# xdist's default reorder by test count would start them last). 2 suits this 2-core
+# machine; TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(PYTHON) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+PYTEST := $(PYTHON) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Everything: unit tests and the `slow` ones that run real dvc commands on a copy.
 test: setup
