@@ -140,6 +140,8 @@ class OpenVinoTrunk(nn.Module):
     The precision hint is always set: OpenVINO's default on CPUs with bfloat16 is bf16.
     """
 
+    input_memory_format = torch.contiguous_format  # forward_all: batches as they are
+
     def __init__(self, onnx_path: Path, precision: str) -> None:
         super().__init__()
         openvino = _openvino()
@@ -158,6 +160,8 @@ class OpenVinoTrunk(nn.Module):
 
 class OrtTrunk(nn.Module):
     """The exported trunk in an ONNX Runtime CPU session with torch's thread count."""
+
+    input_memory_format = torch.contiguous_format  # forward_all: batches as they are
 
     def __init__(self, onnx_path: Path, precision: str) -> None:
         super().__init__()
