@@ -69,7 +69,7 @@ def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
     if not prepared.exists():
         prepare(source=source, out_dir=prepared, metrics_path=work / "prepare.json",
                 report_path=work / "skipped.csv", seed=0, val_fraction=0.15,
-                test_fraction=0.15, image_size=224, cache_dir=cache)
+                test_fraction=0.15, image_size=backbone.input_size or 224, cache_dir=cache)
     if not features.exists():
         extract(prepared_dir=prepared, features_dir=features, backbone_name=backbone.name,
                 pretrained=True, weights=None, batch_size=32, input_size=backbone.input_size,
@@ -128,7 +128,10 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True, help="image folder or CSV")
     parser.add_argument("--work", type=Path, required=True, help="folder for everything made")
     parser.add_argument("--name", default="run", help="sub-folder of this run's model")
-    parser.add_argument("--freeze", choices=["partial", "none"], default="partial")
+    parser.add_argument("--freeze", choices=["all", "partial", "none"], default="partial",
+                        help="all: the probe alone, scored on test")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="pixels for prepare and the network (default: 224, lite0's)")
     parser.add_argument("--select-by", default="accuracy")
     parser.add_argument("--class-balance", default="none")
     parser.add_argument("--finetune", default="{}", help="JSON: finetune_full overrides")
@@ -137,7 +140,7 @@ def main() -> None:
                         help="only the first N steps, logged every 20 (0: whole runs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    backbone = BackboneParams("efficientnet_lite0", pretrained=True)
+    backbone = BackboneParams("efficientnet_lite0", pretrained=True, input_size=args.input_size)
     args.work.mkdir(parents=True, exist_ok=True)
     head = probe(args.source, args.work, backbone, args.select_by, args.class_balance)
     recipe = Recipe(args.freeze, backbone, FinetuneParams(**json.loads(args.finetune)),
