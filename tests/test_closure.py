@@ -28,6 +28,7 @@ USED = ["stages.prepare", "stages.extract", "stages.train_head", "stages.finetun
         "imgpipe.backbones", "imgpipe.pyfunc"]
 
 
+@pytest.mark.slow  # ten child interpreters, each importing torch
 def test_the_closures_in_use_equal_what_a_fresh_interpreter_loads() -> None:
     children = {name: subprocess.Popen(  # in parallel: each one imports torch
         [sys.executable, "-c", _LOADED, name], cwd=SRC_DIR, stdout=subprocess.PIPE,
