@@ -107,6 +107,7 @@ def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
+
 def code_digests(*modules: str, src_dir: Path = SRC_DIR) -> dict[str, str]:
     """File -> sha256 (16 hex digits) of every file in the import closure of `modules`.
 
