@@ -12,11 +12,12 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from make_digits import render_digits  # noqa: E402
 
-# Test files that take minutes, longest first (one fresh-clone `make test`, 2026-12-06,
-# Intel Xeon family 6 model 106: about 450, 250, 200 and 180 s of one worker each; every
-# other file takes under a minute). `make test` hands whole files to two workers in
-# collection order (`--dist loadfile --no-loadscope-reorder`); started last, they left
-# one worker running alone for minutes. Started first, the short files fill the gaps.
+# Test files that take minutes, longest first (summed durations of one `make test` in the
+# work tree, 2026-12-06, Intel Xeon family 6 model 106: about 490, 250, 240 and 200 s; every
+# other file under 100 s). `make test` hands whole files to two workers in collection order
+# (`--dist loadfile --no-loadscope-reorder`); xdist's default order, by test count, would
+# start them last, where one of them can leave the other worker idle at the end. Its
+# effect on the total was not measured apart from the closure change made the same day.
 # Only the order depends on this list: a file missing from it still runs.
 LONGEST_FIRST = ("test_pipeline_dvc.py", "test_review_flow.py", "test_scaling_dvc.py",
                  "test_bench.py")
