@@ -12,6 +12,8 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from make_digits import render_digits  # noqa: E402
 
+from unit_backbone import LITE0  # noqa: E402
+
 # Test files that take minutes, longest first (summed durations of one `make test` in the
 # work tree, 2026-12-06, Intel Xeon family 6 model 106: about 490, 250, 240 and 200 s; every
 # other file under 100 s). `make test` hands whole files to two workers in collection order
@@ -54,7 +56,8 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
             report_path=root / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
             image_size=64)
     extract(prepared_dir=paths["prepared"], features_dir=paths["features"],
-            backbone_name="efficientnet_lite0", pretrained=True, weights=None, batch_size=16)
+            backbone_name=LITE0.name, pretrained=LITE0.pretrained, weights=None,
+            input_size=LITE0.input_size, batch_size=16)
     train_head(features_dir=paths["features"], head_path=paths["head"],
                metrics_path=root / "train_head.json", sweep_path=root / "sweep.csv",
                c_grid=[0.1, 1.0], max_iter=500)
@@ -64,7 +67,6 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
 @pytest.fixture(scope="session")
 def trained(probed: dict[str, Path]) -> dict[str, Path]:
     """probed + finetune_full (freeze=all) + evaluate: a model and its test predictions."""
-    from imgpipe.params import BackboneParams
     from imgpipe.params_finetune import FinetuneParams
     from stages.evaluate import evaluate
     from stages.finetune_full import FinetunePaths, Recipe, finetune_full
@@ -78,7 +80,7 @@ def trained(probed: dict[str, Path]) -> dict[str, Path]:
              "finetune_metrics": root / "finetune.json"}
     finetune_full(FinetunePaths(paths["prepared"], paths["head"], paths["model"],
                                 paths["finetune_metrics"], paths["history"]),
-                  Recipe("all", BackboneParams("efficientnet_lite0", True, None),
+                  Recipe("all", LITE0,
                          FinetuneParams(trainable_blocks=1, epochs=1, batch_size=8)))
     evaluate(prepared_dir=paths["prepared"], model_path=paths["model"],
              metrics_path=paths["metrics"], predictions_path=paths["predictions"],

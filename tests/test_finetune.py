@@ -18,8 +18,7 @@ from imgpipe.model import ImageClassifier, load_model
 from imgpipe.params import BackboneParams
 from imgpipe.params_finetune import AugmentParams, FinetuneParams
 from stages.finetune_full import FinetunePaths, Recipe, finetune_full
-
-LITE0 = BackboneParams("efficientnet_lite0", True, None)
+from unit_backbone import LITE0, UNIT_INPUT_SIZE
 
 
 def classifier(freeze: str, trainable_blocks: int = 2):
@@ -133,7 +132,7 @@ def test_partial_fine_tuning_trains_and_records_each_epoch(probed, tmp_path: Pat
 def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None:
     from imgpipe.errors import DataError
 
-    other = BackboneParams("efficientnet_lite0", False, None)
+    other = BackboneParams("efficientnet_lite0", False, None, UNIT_INPUT_SIZE)
     with pytest.raises(DataError, match="was fitted on features of efficientnet_lite0"):
         finetune_full(_paths(probed, tmp_path), Recipe("all", other, FinetuneParams(
             trainable_blocks=1, epochs=1, batch_size=8)))
@@ -142,9 +141,9 @@ def test_a_head_from_another_backbone_is_refused(probed, tmp_path: Path) -> None
 def test_a_head_fitted_at_another_input_size_is_refused(probed, tmp_path: Path) -> None:
     from imgpipe.errors import DataError
 
-    smaller = BackboneParams("efficientnet_lite0", True, None, input_size=96)
-    with pytest.raises(DataError, match="224 px"):
-        finetune_full(_paths(probed, tmp_path), Recipe("all", smaller, FinetuneParams(
+    larger = BackboneParams("efficientnet_lite0", True, None, input_size=96)
+    with pytest.raises(DataError, match=f"{UNIT_INPUT_SIZE} px"):
+        finetune_full(_paths(probed, tmp_path), Recipe("all", larger, FinetuneParams(
             trainable_blocks=1, epochs=1, batch_size=8)))
 
 
