@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from unit_backbone import LITE0
 
 # Two workers each take half of every batch: the same steps as one process, up to the
 # order of floating-point sums (all-reduce of gradients, 1 thread per worker).
-WEIGHT_TOLERANCE = 1e-6  # max |difference| of any fine-tuned weight after two epochs (2e-8 measured)
+WEIGHT_TOLERANCE = 1e-6  # max |difference| of any weight after two epochs (2e-8 measured)
 LOSS_TOLERANCE = 1e-4  # relative difference of each epoch's mean train and val loss
 # SGD, not AdamW: Adam's first steps move a weight by about lr whatever its gradient's size,
 # so a gradient that is ~0 up to rounding moves by +-lr in one run and -+lr in the other.
@@ -34,17 +36,53 @@ TUNE = dict(trainable_blocks=1, epochs=2, batch_size=8, lr=1e-2, head_lr_mult=1.
 NO_AUGMENT = dict(crop_scale_min=1.0)  # random crops would differ between the two runs
 
 
-def run_stage(project: Path, script: str, nproc: int, *args: str,
-              **overrides: dict | str) -> subprocess.CompletedProcess:
-    """Run src/stages/<script> in `project` with params.yaml's keys or sections overridden."""
+def write_params(project: Path, **overrides: dict | str) -> None:
+    """project/params.yaml: the committed params with keys or whole sections overridden."""
     params = committed_params()
     for key, value in overrides.items():
         params[key] = {**params[key], **value} if isinstance(value, dict) else value
-    params["distributed"]["nproc_per_node"] = nproc
     project.mkdir(parents=True, exist_ok=True)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "stages" / script), *args],
-                          cwd=project, capture_output=True, text=True, timeout=600)
+
+
+def stage_command(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "src" / "stages" / script), *args]
+
+
+def run_stage(project: Path, script: str, nproc: int, *args: str,
+              **overrides: dict | str) -> subprocess.CompletedProcess:
+    """Run src/stages/<script> in `project` with params.yaml's keys or sections overridden."""
+    write_params(project, **overrides)
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["distributed"]["nproc_per_node"] = nproc
+    params_file.write_text(yaml.safe_dump(params))
+    return subprocess.run(stage_command(script, *args), cwd=project, capture_output=True,
+                          text=True, timeout=600)
+
+
+def run_two_nodes(tmp_path: Path, script: str, *args: str,
+                  **overrides: dict | str) -> list[subprocess.CompletedProcess]:
+    """Two launchers on 127.0.0.1 as nodes 0 and 1 (one process each), each in its own
+    project folder as on its own machine; `{node}` in `args` becomes that folder."""
+    with socket.socket() as probe:  # a free port for node 0's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets it only above 1 per node
+    launchers = []
+    for rank in (0, 1):
+        node = tmp_path / f"node{rank}"
+        write_params(node, **overrides, distributed={
+            "nproc_per_node": 1, "nnodes": 2, "node_rank": rank,
+            "rdzv_endpoint": f"127.0.0.1:{port}"})
+        launchers.append(subprocess.Popen(
+            stage_command(script, *(arg.replace("{node}", str(node)) for arg in args)),
+            cwd=node, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for launcher in launchers:
+        out, err = launcher.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+    return results
 
 
 def test_cpu_and_auto_without_a_gpu_choose_the_cpu() -> None:
@@ -60,7 +98,7 @@ def test_cuda_without_a_gpu_names_the_fix() -> None:
 
 
 def test_a_batch_the_workers_cannot_share_equally_is_refused(probed, tmp_path: Path) -> None:
-    with pytest.raises(ParamsError, match="multiple of distributed.nproc_per_node"):
+    with pytest.raises(ParamsError, match="multiple of distributed.nnodes x nproc_per_node"):
         finetune_full(FinetunePaths(probed["prepared"], probed["head"], tmp_path / "model.pt",
                                     tmp_path / "m.json", tmp_path / "history.csv"),
                       Recipe("partial", LITE0,
@@ -130,3 +168,63 @@ def test_two_workers_fine_tune_like_one_process(probed, tmp_path: Path) -> None:
                                                               key=lambda kv: kv[1])
     assert pd.read_json(two / "m.json", typ="series")["best_epoch"] > 0  # trained weights
     assert not (two / "checkpoints").exists()  # rank 0 removed them once done
+
+
+def assert_same_features(one: Path, other: Path) -> None:
+    for split in ("train", "val", "test"):
+        a, b = load_split(one, split), load_split(other, split)
+        assert np.array_equal(a.image_ids, b.image_ids) and np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.features, b.features), (
+            f"{split}: max |diff| {np.abs(a.features - b.features).max()}")
+
+
+@pytest.mark.slow  # two torchrun launchers
+def test_two_nodes_extract_the_same_features_as_one_process(probed, tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each node's one worker runs on one thread
+    try:
+        extract(prepared_dir=probed["prepared"], features_dir=single,
+                backbone_name=LITE0.name, pretrained=LITE0.pretrained, weights=None,
+                input_size=LITE0.input_size, batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    node0, node1 = run_two_nodes(tmp_path, "extract.py", "--prepared-dir",
+                                 str(probed["prepared"]), "--features-dir", "{node}/features",
+                                 extract={"batch_size": 4, "runtime": "torch"},
+                                 backbone={"input_size": LITE0.input_size})
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stderr + node1.stderr
+    assert "extract on 2 processes (1 here)" in node0.stderr
+    assert_same_features(single, tmp_path / "node0" / "features")
+    assert not (tmp_path / "node1" / "features").exists()  # node 0 alone writes
+
+
+@pytest.mark.slow  # two torchrun launchers
+def test_two_nodes_fine_tune_like_one_process(probed, tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    single.mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        finetune_full(FinetunePaths(probed["prepared"], probed["head"], single / "model.pt",
+                                    single / "m.json", single / "history.csv"),
+                      Recipe("partial", LITE0, FinetuneParams(**TUNE),
+                             AugmentParams(**NO_AUGMENT)))
+    finally:
+        torch.set_num_threads(threads)
+    outputs = ("--model", "{node}/model.pt", "--metrics", "{node}/m.json",
+               "--history", "{node}/history.csv")
+    nodes = run_two_nodes(tmp_path, "finetune_full.py", "--prepared-dir",
+                          str(probed["prepared"]), "--head", str(probed["head"]), *outputs,
+                          finetune_full=TUNE, augment=NO_AUGMENT, freeze="partial",
+                          backbone={"input_size": LITE0.input_size})
+    assert all(node.returncode == 0 for node in nodes), nodes[0].stderr + nodes[1].stderr
+    node0 = tmp_path / "node0"
+    assert (pd.read_csv(node0 / "history.csv")["val_accuracy"].tolist()
+            == pd.read_csv(single / "history.csv")["val_accuracy"].tolist())
+    one_state = load_model(single / "model.pt")[0].state_dict()
+    two_state = load_model(node0 / "model.pt")[0].state_dict()
+    worst = max((one_state[key] - two_state[key]).abs().max().item()
+                for key in one_state if one_state[key].is_floating_point())
+    assert worst < WEIGHT_TOLERANCE
+    assert not (tmp_path / "node1" / "model.pt").exists()

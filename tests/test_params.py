@@ -86,6 +86,12 @@ def test_missing_data_source_names_the_key() -> None:
     ("backbone.input_size", 8, r"backbone.input_size: 8 is out of range"),
     ("device", "gpu", "device: 'gpu' is not allowed; use one of auto, cpu, cuda"),
     ("distributed.nproc_per_node", 0, r"distributed.nproc_per_node: 0 is out of range"),
+    ("distributed.node_rank", 1, r"distributed.node_rank: 1 is out of range; use a value in "
+                                 r"\[0, 0\]"),
+    ("distributed.nnodes", 2, r"distributed.rdzv_endpoint: needed with nnodes: 2; set it to "
+                              r"host:port of node 0"),
+    ("distributed.rdzv_endpoint", "10.0.0.5", r"'10.0.0.5' is not host:port"),
+    ("distributed.rdzv_endpoint", "10.0.0.5:http", r"'10.0.0.5:http' is not host:port"),
 ])
 def test_wrong_types_and_ranges_name_key_and_value(dotted: str, value: object,
                                                    message: str) -> None:
@@ -120,8 +126,11 @@ def _with(raw: dict, changes: dict[str, object]) -> dict:
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"finetune_full.batch_size": 16, "distributed.nproc_per_node": 3},
-     r"finetune_full.batch_size: 16 images cannot be shared equally by "
-     r"distributed.nproc_per_node: 3 .* use a multiple"),
+     r"finetune_full.batch_size: 16 images cannot be shared equally by 3 processes "
+     r"\(distributed.nnodes x nproc_per_node\); use a multiple"),
+    ({"finetune_full.batch_size": 16, "distributed.nproc_per_node": 3,
+      "distributed.nnodes": 2, "distributed.rdzv_endpoint": "127.0.0.1:29400"},
+     r"cannot be shared equally by 6 processes"),
     ({"freeze": "all", "finetune_full.head_init": "xavier"},
      r"finetune_full.head_init: 'xavier' with freeze: all .* use head_init: probe"),
     ({"finetune_full.negative_class": "zero", "finetune_full.imagenet_rows": {}},

@@ -1,9 +1,9 @@
 """Devices, and running a stage on several processes with PyTorch's elastic launcher.
 
-A stage whose `distributed.nproc_per_node` is above 1 re-runs its own command line under
-`torchrun --standalone` (rendezvous on the loopback interface), and each worker joins a
-process group: gloo on the CPU, NCCL on CUDA. Without torchrun every helper here is the
-single-process identity, so the same stage code serves both.
+A stage whose `distributed.nproc_per_node` or `nnodes` is above 1 re-runs its own command
+line under torchrun (`relaunch`), and each worker joins a process group: gloo on the CPU,
+NCCL on CUDA. Without torchrun every helper here is the single-process identity, so the
+same stage code serves both.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from imgpipe.errors import ParamsError, PipelineError
+
+if TYPE_CHECKING:  # not imported at run time: params.py stays out of the feature cache key
+    from imgpipe.params import DistributedParams
 
 _logger = logging.getLogger(__name__)
 
@@ -56,8 +59,14 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def relaunch(stage: str, nproc_per_node: int, argv: Sequence[str] | None = None) -> bool:
-    """Run this script under torchrun with `nproc_per_node` workers, unless already there.
+def relaunch(stage: str, params: DistributedParams, argv: Sequence[str] | None = None) -> bool:
+    """Run this script under torchrun as `params` ask, unless one process does or already there.
+
+    One machine: `--standalone` (a rendezvous of its own on the loopback interface).
+    Several: the static rendezvous at `params.rdzv_endpoint`, hosted by node 0, which takes
+    the node ranks as given, so node 0 holds global rank 0 and writes the outputs where
+    `dvc repro` runs. (torchrun's c10d backend would order the nodes by host name and
+    process id and ignore `--node-rank`.)
 
     Returns:
         False when the caller should do the work itself (one process, or inside
@@ -66,15 +75,22 @@ def relaunch(stage: str, nproc_per_node: int, argv: Sequence[str] | None = None)
     Raises:
         PipelineError: a worker failed (its own message is printed above torchrun's).
     """
-    if nproc_per_node <= 1 or under_torchrun():
+    if params.world <= 1 or under_torchrun():
         return False
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc_per_node}", *(argv or sys.argv)]
-    _logger.info("%s on %d processes: %s", stage, nproc_per_node, " ".join(command[1:]))
+    if params.nnodes == 1:
+        where = ["--standalone"]
+    else:
+        where = [f"--nnodes={params.nnodes}", f"--node-rank={params.node_rank}",
+                 "--rdzv-backend=static", f"--rdzv-endpoint={params.rdzv_endpoint}"]
+    command = [sys.executable, "-m", "torch.distributed.run", *where,
+               f"--nproc-per-node={params.nproc_per_node}", *(argv or sys.argv)]
+    _logger.info("%s on %d processes (%d here): %s", stage, params.world,
+                 params.nproc_per_node, " ".join(command[1:]))
     status = subprocess.run(command, check=False).returncode
     if status != 0:
         raise PipelineError(f"{stage} failed in a torchrun worker (exit status {status}); "
-                            "the worker's error is above, or set distributed.nproc_per_node: 1")
+                            "the worker's error is above, or set distributed.nproc_per_node: 1 "
+                            "and nnodes: 1")
     return True
 
 
@@ -113,6 +129,15 @@ def gather(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's `value` on every worker (`value` itself when alone)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -28,12 +28,14 @@ import numpy as np
 import torch
 import torchvision
 
+from imgpipe import distributed
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone, inference_trunk
 from imgpipe.cache import ItemCache, file_digest
 from imgpipe.closure import code_digests
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks, resolve_device
+from imgpipe.errors import ParamsError
 from imgpipe.exported import ExportKey
 from imgpipe.runtimes import load_runner, version
 from imgpipe.transforms import eval_transform
@@ -96,12 +98,18 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
                  info.input_size)
     runtime, trunk = load_runner(settings.runtime, settings.precision, inference_trunk(backbone),
                                  _export_key(settings, backbone.input_size), cache_dir, device)
+    if len(chosen := set(distributed.gather(runtime))) > 1:  # `auto` on unlike machines
+        raise ParamsError(f"extract.runtime: the workers chose different runtimes "
+                          f"{sorted(chosen)}; install the same environment on every node "
+                          "(make setup) or set extract.runtime to one of them")
     settings = replace(settings, runtime=runtime)
     _logger.info("runtime %s %s, %s", runtime, version(runtime), settings.precision)
     cache, todo = None, list(range(len(files)))
     if cache_dir is not None:
         cache = ItemCache(cache_dir, CACHE_KIND, cache_key(settings))
-        todo = [i for i, key in enumerate(keys) if not cache.has(key, FEATURE_SUFFIX)]
+        # Node 0's cache decides: the workers must share out the same list of images.
+        todo = distributed.from_main([i for i, key in enumerate(keys)
+                                      if not cache.has(key, FEATURE_SUFFIX)])
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)

@@ -61,10 +61,30 @@ class BackboneParams:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedParams:
-    nproc_per_node: int = 1  # torchrun workers for extract and finetune_full; 1: no torchrun
+    nproc_per_node: int = 1  # torchrun workers per machine for extract and finetune_full
+    nnodes: int = 1  # machines taking part; 1 with nproc_per_node 1: no torchrun
+    node_rank: int = 0  # this machine's place; node 0 runs dvc repro and writes the outputs
+    rdzv_endpoint: str | None = None  # host:port on node 0 that every node reaches
 
     def __post_init__(self) -> None:
         check_range("distributed.nproc_per_node", self.nproc_per_node, 1, 1024)
+        check_range("distributed.nnodes", self.nnodes, 1, 1024)
+        check_range("distributed.node_rank", self.node_rank, 0, self.nnodes - 1)
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ParamsError(f"distributed.rdzv_endpoint: needed with nnodes: {self.nnodes}; "
+                              "set it to host:port of node 0, reachable from every node "
+                              "(e.g. 10.0.0.5:29400)")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ParamsError(f"distributed.rdzv_endpoint: {self.rdzv_endpoint!r} is not "
+                                  "host:port; use node 0's address and a free port, e.g. "
+                                  "10.0.0.5:29400")
+
+    @property
+    def world(self) -> int:
+        """Processes over all machines."""
+        return self.nnodes * self.nproc_per_node
 
 
 def read_params_file(path: Path | str = PARAMS_FILE) -> dict[str, Any]:

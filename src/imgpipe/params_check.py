@@ -58,11 +58,11 @@ class Params:
     def __post_init__(self) -> None:
         """Checks across sections: each section checks its own keys above."""
         tune = self.finetune_full
-        if tune.batch_size % self.distributed.nproc_per_node:
+        if tune.batch_size % self.distributed.world:
             raise ParamsError(
                 f"finetune_full.batch_size: {tune.batch_size} images cannot be shared "
-                f"equally by distributed.nproc_per_node: {self.distributed.nproc_per_node} "
-                "processes; use a multiple of nproc_per_node")
+                f"equally by {self.distributed.world} processes (distributed.nnodes x "
+                "nproc_per_node); use a multiple of that")
         if self.freeze == "all" and tune.head_init != "probe":
             raise ParamsError(
                 f"finetune_full.head_init: {tune.head_init!r} with freeze: all would leave "

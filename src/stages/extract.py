@@ -77,8 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def body() -> None:
-        if distributed.relaunch("extract", load_section(DistributedParams,
-                                                        "distributed").nproc_per_node):
+        if distributed.relaunch("extract", load_section(DistributedParams, "distributed")):
             return
         backbone = load_section(BackboneParams, "backbone")
         params = load_section(ExtractParams, "extract")

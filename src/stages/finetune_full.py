@@ -99,7 +99,7 @@ def finetune_full(paths: FinetunePaths, recipe: Recipe, device: torch.device | N
     if params.batch_size % ranks.world:
         raise ParamsError(f"finetune_full.batch_size: {params.batch_size} images cannot be "
                           f"shared equally by {ranks.world} processes; use a multiple of "
-                          "distributed.nproc_per_node")
+                          "distributed.nnodes x nproc_per_node")
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     backbone, model, classes = _probe_model(paths.head, recipe)
@@ -292,7 +292,7 @@ def main() -> None:
 
     def body() -> None:
         if distributed.relaunch("finetune_full", load_section(DistributedParams,
-                                                              "distributed").nproc_per_node):
+                                                              "distributed")):
             return
         run = load_section(RunParams, None)
         recipe = Recipe(run.freeze, load_section(BackboneParams, "backbone"),
