@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,16 +62,17 @@ def run_stage(project: Path, script: str, nproc: int, *args: str,
                           text=True, timeout=600)
 
 
-def run_two_nodes(tmp_path: Path, script: str, *args: str,
+def run_two_nodes(tmp_path: Path, script: str, *args: str, node1_threads: int = 1,
                   **overrides: dict | str) -> list[subprocess.CompletedProcess]:
     """Two launchers on 127.0.0.1 as nodes 0 and 1 (one process each), each in its own
     project folder as on its own machine; `{node}` in `args` becomes that folder."""
     with socket.socket() as probe:  # a free port for node 0's rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets it only above 1 per node
     launchers = []
     for rank in (0, 1):
+        # torchrun sets OMP_NUM_THREADS only above 1 process per node
+        env = {**os.environ, "OMP_NUM_THREADS": str(node1_threads if rank else 1)}
         node = tmp_path / f"node{rank}"
         write_params(node, **overrides, distributed={
             "nproc_per_node": 1, "nnodes": 2, "node_rank": rank,
@@ -189,14 +191,34 @@ def test_two_nodes_extract_the_same_features_as_one_process(probed, tmp_path: Pa
                 input_size=LITE0.input_size, batch_size=4)
     finally:
         torch.set_num_threads(threads)
-    node0, node1 = run_two_nodes(tmp_path, "extract.py", "--prepared-dir",
-                                 str(probed["prepared"]), "--features-dir", "{node}/features",
-                                 extract={"batch_size": 4, "runtime": "torch"},
-                                 backbone={"input_size": LITE0.input_size})
+    args = ("--prepared-dir", str(probed["prepared"]), "--features-dir", "{node}/features",
+            "--cache-dir", "{node}/cache")
+    params = dict(extract={"batch_size": 4, "runtime": "torch"},
+                  backbone={"input_size": LITE0.input_size})
+    node0, node1 = run_two_nodes(tmp_path, "extract.py", *args, **params)
     assert node0.returncode == 0 and node1.returncode == 0, node0.stderr + node1.stderr
     assert "extract on 2 processes (1 here)" in node0.stderr
     assert_same_features(single, tmp_path / "node0" / "features")
     assert not (tmp_path / "node1" / "features").exists()  # node 0 alone writes
+
+    # Again: node 0's cache now holds every image, node 1's is empty; node 0's decides.
+    shutil.rmtree(tmp_path / "node0" / "features")
+    node0, node1 = run_two_nodes(tmp_path, "extract.py", *args, **params)
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stderr + node1.stderr
+    assert "30 of 30 images have cached features" in node0.stderr
+    assert_same_features(single, tmp_path / "node0" / "features")
+
+
+@pytest.mark.slow  # two torchrun launchers
+def test_nodes_with_unlike_thread_counts_are_refused_on_both(probed, tmp_path: Path) -> None:
+    nodes = run_two_nodes(tmp_path, "extract.py", "--prepared-dir", str(probed["prepared"]),
+                          "--features-dir", "{node}/features", node1_threads=2,
+                          extract={"batch_size": 4, "runtime": "torch"},
+                          backbone={"input_size": LITE0.input_size})
+    for node in nodes:
+        assert node.returncode != 0
+        assert "the images, runtime or thread count differs between the workers" in node.stderr
+        assert "thread count (OMP_NUM_THREADS)" in node.stderr
 
 
 @pytest.mark.slow  # two torchrun launchers

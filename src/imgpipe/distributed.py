@@ -131,6 +131,20 @@ def gather(value: Any) -> list[Any]:
     return gathered
 
 
+def same_everywhere(what: str, value: Any, fix: str) -> None:
+    """Check that every worker holds an equal `value` (collective).
+
+    Raises:
+        PipelineError: on every worker when they differ (nodes with unlike inputs would
+            otherwise hang in mismatched collectives or mix results silently).
+    """
+    values = gather(value)
+    if any(other != values[0] for other in values[1:]):
+        differing = [rank for rank, other in enumerate(values) if other != values[0]]
+        raise PipelineError(f"{what} differs between the workers (rank 0: {values[0]!r}; "
+                            f"ranks {differing} differ); {fix}")
+
+
 def from_main(value: Any) -> Any:
     """Rank 0's `value` on every worker (`value` itself when alone)."""
     if not active():

@@ -13,11 +13,12 @@ is made of
       forward loop and the cache's own storage. An edit to any other module (an error
       message, the params schema, MLflow logging) keeps the key.
 Everything this computation uses must therefore be imported here, never passed in as a
-function from elsewhere: tests/test_featurize.py traces a run and checks it.
+function from elsewhere: tests/test_cache_keys.py traces a run and checks it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +36,6 @@ from imgpipe.cache import ItemCache, file_digest
 from imgpipe.closure import code_digests
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks, resolve_device
-from imgpipe.errors import ParamsError
 from imgpipe.exported import ExportKey
 from imgpipe.runtimes import load_runner, version
 from imgpipe.transforms import eval_transform
@@ -98,18 +98,20 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
                  info.input_size)
     runtime, trunk = load_runner(settings.runtime, settings.precision, inference_trunk(backbone),
                                  _export_key(settings, backbone.input_size), cache_dir, device)
-    if len(chosen := set(distributed.gather(runtime))) > 1:  # `auto` on unlike machines
-        raise ParamsError(f"extract.runtime: the workers chose different runtimes "
-                          f"{sorted(chosen)}; install the same environment on every node "
-                          "(make setup) or set extract.runtime to one of them")
+    # On several machines: the same images, runtime (`auto` may differ) and thread count
+    # (it picks the kernels, and it is in the cache key node 0 stores the rows under).
+    distributed.same_everywhere(
+        "the images, runtime or thread count", (_digest(keys), runtime, torch.get_num_threads()),
+        "give every node node 0's data/prepared, environment (make setup) and thread count "
+        "(OMP_NUM_THREADS), or set extract.runtime explicitly")
     settings = replace(settings, runtime=runtime)
     _logger.info("runtime %s %s, %s", runtime, version(runtime), settings.precision)
     cache, todo = None, list(range(len(files)))
     if cache_dir is not None:
         cache = ItemCache(cache_dir, CACHE_KIND, cache_key(settings))
-        # Node 0's cache decides: the workers must share out the same list of images.
-        todo = distributed.from_main([i for i, key in enumerate(keys)
-                                      if not cache.has(key, FEATURE_SUFFIX)])
+        todo = [i for i, key in enumerate(keys) if not cache.has(key, FEATURE_SUFFIX)]
+    todo = distributed.from_main(todo)  # node 0's cache decides what every worker shares out
+    if cache is not None:
         _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
                      len(files), cache.folder)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
@@ -128,6 +130,10 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
             else:
                 features[i] = np.load(cache.path(key, FEATURE_SUFFIX), allow_pickle=False)
     return info, features
+
+
+def _digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def _export_key(settings: FeatureSettings, input_size: int) -> ExportKey:

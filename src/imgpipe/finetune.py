@@ -247,7 +247,11 @@ def fit(model: ImageClassifier, training: Training, loaders: Loaders, selection:
     written to `checkpoint`; a run that finds one resumes after its epoch and ends with
     the same result as a run never interrupted.
     """
-    if checkpoint is not None and checkpoint.is_file():
+    resuming = checkpoint is not None and checkpoint.is_file()
+    distributed.same_everywhere("whether a checkpoint exists", resuming,
+                                "on several machines put the checkpoint folder on a share "
+                                "every node mounts, or delete it to start over")
+    if resuming:
         progress = _resume(checkpoint, model, training, ranks)
     sampler = loaders.train.sampler
     if not isinstance(sampler, DistributedSampler):

@@ -109,6 +109,11 @@ def finetune_full(paths: FinetunePaths, recipe: Recipe, device: torch.device | N
     counts = parameter_counts(model)
     _logger.info("parameters: %d total, %d trainable, %d frozen", counts["total"],
                  counts["trainable"], counts["frozen"])
+    if distributed.active():  # on several machines each node reads its own copies
+        distributed.same_everywhere(
+            "the recipe, probe or prepared data", _run_key(recipe, paths),
+            "give every node node 0's params.yaml (node_rank aside), models/head.pt and "
+            "data/prepared")
     loaders = _loaders(paths.prepared_dir, model, backbone, recipe, device, ranks)
     progress = _start(model, loaders, device)
     if recipe.freeze == "all":
