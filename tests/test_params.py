@@ -88,8 +88,8 @@ def test_missing_data_source_names_the_key() -> None:
     ("distributed.nproc_per_node", 0, r"distributed.nproc_per_node: 0 is out of range"),
     ("distributed.node_rank", 1, r"distributed.node_rank: 1 is out of range; use a value in "
                                  r"\[0, 0\]"),
-    ("distributed.nnodes", 2, r"distributed.rdzv_endpoint: needed with nnodes: 2; set it to "
-                              r"host:port of node 0"),
+    ("distributed.nnodes", 2, r"distributed.nnodes: 2 needs distributed.rdzv_endpoint; set "
+                              r"it to host:port of node 0"),
     ("distributed.rdzv_endpoint", "10.0.0.5", r"'10.0.0.5' is not host:port"),
     ("distributed.rdzv_endpoint", "10.0.0.5:http", r"'10.0.0.5:http' is not host:port"),
 ])
@@ -127,7 +127,7 @@ def _with(raw: dict, changes: dict[str, object]) -> dict:
 @pytest.mark.parametrize(("changes", "message"), [
     ({"finetune_full.batch_size": 16, "distributed.nproc_per_node": 3},
      r"finetune_full.batch_size: 16 images cannot be shared equally by 3 processes "
-     r"\(distributed.nnodes x nproc_per_node\); use a multiple"),
+     r"\(distributed.nnodes: 1 x distributed.nproc_per_node: 3\); use a multiple"),
     ({"finetune_full.batch_size": 16, "distributed.nproc_per_node": 3,
       "distributed.nnodes": 2, "distributed.rdzv_endpoint": "127.0.0.1:29400"},
      r"cannot be shared equally by 6 processes"),

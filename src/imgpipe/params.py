@@ -71,9 +71,9 @@ class DistributedParams:
         check_range("distributed.nnodes", self.nnodes, 1, 1024)
         check_range("distributed.node_rank", self.node_rank, 0, self.nnodes - 1)
         if self.nnodes > 1 and self.rdzv_endpoint is None:
-            raise ParamsError(f"distributed.rdzv_endpoint: needed with nnodes: {self.nnodes}; "
-                              "set it to host:port of node 0, reachable from every node "
-                              "(e.g. 10.0.0.5:29400)")
+            raise ParamsError(f"distributed.nnodes: {self.nnodes} needs "
+                              "distributed.rdzv_endpoint; set it to host:port of node 0, "
+                              "reachable from every node (e.g. 10.0.0.5:29400)")
         if self.rdzv_endpoint is not None:
             host, _, port = self.rdzv_endpoint.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:

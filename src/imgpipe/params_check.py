@@ -61,8 +61,9 @@ class Params:
         if tune.batch_size % self.distributed.world:
             raise ParamsError(
                 f"finetune_full.batch_size: {tune.batch_size} images cannot be shared "
-                f"equally by {self.distributed.world} processes (distributed.nnodes x "
-                "nproc_per_node); use a multiple of that")
+                f"equally by {self.distributed.world} processes (distributed.nnodes: "
+                f"{self.distributed.nnodes} x distributed.nproc_per_node: "
+                f"{self.distributed.nproc_per_node}); use a multiple of that")
         if self.freeze == "all" and tune.head_init != "probe":
             raise ParamsError(
                 f"finetune_full.head_init: {tune.head_init!r} with freeze: all would leave "
