@@ -53,11 +53,7 @@ def stage_command(script: str, *args: str) -> list[str]:
 def run_stage(project: Path, script: str, nproc: int, *args: str,
               **overrides: dict | str) -> subprocess.CompletedProcess:
     """Run src/stages/<script> in `project` with params.yaml's keys or sections overridden."""
-    write_params(project, **overrides)
-    params_file = project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["distributed"]["nproc_per_node"] = nproc
-    params_file.write_text(yaml.safe_dump(params))
+    write_params(project, **{**overrides, "distributed": {"nproc_per_node": nproc}})
     return subprocess.run(stage_command(script, *args), cwd=project, capture_output=True,
                           text=True, timeout=600)
 

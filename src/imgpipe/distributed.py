@@ -139,8 +139,7 @@ def same_everywhere(what: str, value: Any, fix: str) -> None:
             otherwise hang in mismatched collectives or mix results silently).
     """
     values = gather(value)
-    if any(other != values[0] for other in values[1:]):
-        differing = [rank for rank, other in enumerate(values) if other != values[0]]
+    if differing := [rank for rank, other in enumerate(values) if other != values[0]]:
         raise PipelineError(f"{what} differs between the workers (rank 0: {values[0]!r}; "
                             f"ranks {differing} differ); {fix}")
 
