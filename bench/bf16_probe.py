@@ -30,7 +30,8 @@ def measure(work: Path, per_class: int | None, batch_size: int, c_grid: list[flo
         render_digits(root / "images", classes=list(range(10)), per_class=per_class, size=64)
         prepare(source=root / "images", out_dir=root / "prepared",
                 metrics_path=root / "prepare.json", report_path=root / "skipped.csv",
-                seed=0, val_fraction=0.15, test_fraction=0.15, image_size=224)
+                seed=0, val_fraction=0.15, test_fraction=0.15, image_size=224,
+                shard_size=1000)
     figures: dict[str, float | None] = {}
     features = {}
     for precision in ("f32", "bf16"):

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from bench import synth
 from bench.child import run_stage
 from bench.report import Check, Target
 from bench.workspace import DATA_SEED, Workspace, accepts_cache_dir
+from imgpipe.cache import stored_entries
 
 _logger = logging.getLogger(__name__)
 GOAL_SHARE = 0.05  # incremental time / full time
 NEW_SHARE = 0.01  # k / N
-
-
-def _cache_files(cache_dir: Path) -> int:
-    return sum(1 for path in cache_dir.rglob("*") if path.is_file()) if cache_dir.is_dir() else 0
 
 
 def measure(workspace: Workspace, n: int) -> Target:
@@ -39,7 +35,7 @@ def measure(workspace: Workspace, n: int) -> Target:
                 Check("images processed again", "<=", 2 * k)])
     cached = {stage: accepts_cache_dir(stage) for stage in ("prepare", "extract")}
     workspace.features(n)  # the full runs, from an empty cache
-    cache_dir, before = workspace.cache_dir(n), _cache_files(workspace.cache_dir(n))
+    cache_dir, before = workspace.cache_dir(n), stored_entries(workspace.cache_dir(n))
     seconds = _incremental_runs(workspace, n, k, cached) if any(cached.values()) else {}
     for stage in ("extract", "prepare"):
         full = workspace.runs[stage, n].seconds if cached[stage] else None
@@ -51,14 +47,14 @@ def measure(workspace: Workspace, n: int) -> Target:
     if missing:
         target.notes.append(f"not available: {' and '.join(missing)} take(s) no `cache_dir` "
                             "keyword argument")
-    added = _cache_files(cache_dir) - before
-    target.add("images processed again", added if seconds else None, "cache files added")
+    added = stored_entries(cache_dir) - before
+    target.add("images processed again", added if seconds else None, "cache entries added")
     target.notes += [
         f"N = {n:,}, k = {k:,} new images. Full: the cost-growth runs at N, which start from "
         "an empty cache_dir; incremental: prepare then extract on the N + k dataset with "
         "that cache_dir and fresh output folders (DVC deletes a stage's outputs before "
         "running it), each in its own process, imports excluded.",
-        f"images processed again: files the incremental runs added to the cache, one per "
+        f"images processed again: entries the incremental runs added to the cache, one per "
         f"image each stage decoded or sent through the network (2 x k = {2 * k} when both "
         "processed only the new images).",
         "The 5% bar is the issue's, for extraction. prepare's ratio is higher because it still "

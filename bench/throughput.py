@@ -221,7 +221,7 @@ def _whole_stage(prepared_dir: Path, work: Path, batch_size: int, rounds: int,
 def _decode_rate(prepared_dir: Path, batch_size: int, rounds: int) -> float:
     backbone = build_backbone(LITE)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
-    files = list(read_manifest(prepared_dir, "train")["file"])
+    files = list(read_manifest(prepared_dir, "train")["image"])
     loader = DataLoader(ImageDataset(files, [0] * len(files), transform),
                         batch_size=batch_size)
     return statistics.median(len(files) / _timed(lambda: [None for _ in loader])

@@ -95,7 +95,7 @@ class Workspace:
                       report_path=metrics_dir / "prepare_skipped.csv", seed=p.prepare.seed,
                       val_fraction=p.prepare.val_fraction,
                       test_fraction=p.prepare.test_fraction, image_size=p.prepare.image_size,
-                      on_error=p.prepare.on_error)
+                      shard_size=p.prepare.shard_size, on_error=p.prepare.on_error)
         return self._with_cache("prepare", kwargs, cache_dir)
 
     def extract_kwargs(self, prepared_dir: Path, features_dir: Path, cache_dir: Path) -> dict:

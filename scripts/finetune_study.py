@@ -84,7 +84,7 @@ def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
 def test_scores(prepared: Path, model_path: Path) -> EpochResult:
     model, record = load_model(model_path)
     info, table = record.backbone, read_manifest(prepared, "test")
-    dataset = ImageDataset(table["file"], table["label_index"].tolist(),
+    dataset = ImageDataset(table["image"], table["label_index"].tolist(),
                            eval_transform(info.input_size, info.mean, info.std))
     return evaluate_epoch(model, DataLoader(dataset, batch_size=32))
 

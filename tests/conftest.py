@@ -54,7 +54,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
              "head": root / "models" / "head.pt", "root": root}
     prepare(source=digits_dir, out_dir=paths["prepared"], metrics_path=root / "prepare.json",
             report_path=root / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
-            image_size=64)
+            image_size=64, shard_size=1000)
     extract(prepared_dir=paths["prepared"], features_dir=paths["features"],
             backbone_name=LITE0.name, pretrained=LITE0.pretrained, weights=None,
             input_size=LITE0.input_size, batch_size=16)

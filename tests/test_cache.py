@@ -1,8 +1,10 @@
 """Per-image caches: after adding images, prepare and extract process only the new ones,
-and their outputs equal those of a run without any cache."""
+their outputs equal those of a run without any cache, and the cache stays a handful of
+files whatever the number of images."""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from make_digits import render_digits
 
 import imgpipe.featurize
 import imgpipe.prepare_image
-from imgpipe.cache import ItemCache
+from imgpipe.cache import FileCache, ItemStore
 from imgpipe.features import load_split
 from stages.extract import extract
 from stages.prepare import prepare
@@ -32,7 +34,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def run_prepare(source: Path, out: Path, cache_dir: Path | None, image_size: int = 64) -> Path:
     prepare(source=source, out_dir=out / "prepared", metrics_path=out / "prepare.json",
             report_path=out / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
-            image_size=image_size, cache_dir=cache_dir)
+            image_size=image_size, shard_size=8, cache_dir=cache_dir)
     return out / "prepared"
 
 
@@ -73,24 +75,67 @@ def forwarded(monkeypatch) -> list[int]:
 
 
 def test_cache_folders_are_keyed_by_everything_given(tmp_path: Path) -> None:
-    one = ItemCache(tmp_path, "prepared", {"image_size": 64, "code": "a"})
-    again = ItemCache(tmp_path, "prepared", {"code": "a", "image_size": 64})
-    other = ItemCache(tmp_path, "prepared", {"image_size": 96, "code": "a"})
+    one = ItemStore(tmp_path, "prepared", {"image_size": 64, "code": "a"})
+    again = ItemStore(tmp_path, "prepared", {"code": "a", "image_size": 64})
+    other = ItemStore(tmp_path, "prepared", {"image_size": 96, "code": "a"})
     assert one.folder == again.folder != other.folder
     assert pd.read_json(one.folder / "key.json", typ="series")["image_size"] == 64
 
 
-def test_a_failed_write_leaves_no_entry(tmp_path: Path) -> None:
-    cache = ItemCache(tmp_path, "features", {})
+def test_the_store_returns_what_was_put_and_keeps_the_first_value(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path, "features", {})
+    store.put([("a", b"one"), ("b", b"\x00two")])
+    store.put([("a", b"other"), ("c", b"")])
+    assert store.get("a") == b"one" and store.get("z") is None
+    assert dict(store.get_many(["c", "b", "z"])) == {"b": b"\x00two", "c": b""}
+    assert store.missing(["a", "z", "y"]) == {"z", "y"}
+    assert len(store) == 3
+
+
+def test_a_failed_put_leaves_no_entry(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path, "features", {})
+
+    def rows():
+        yield "abc", b"first"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.put(rows())
+    assert store.missing(["abc"]) == {"abc"}
+
+
+def test_a_failed_file_write_leaves_no_entry(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path, "exported", {})
 
     def crash(path: Path) -> None:
         path.write_bytes(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        cache.store("abc", ".npy", crash)
-    assert not cache.has("abc", ".npy")
+        cache.store("model", ".onnx", crash)
+    assert not cache.has("model", ".onnx")
     assert [p.name for p in cache.folder.iterdir()] == ["key.json"]
+
+
+def _put_many(cache_dir: Path, writer: int) -> None:
+    store = ItemStore(cache_dir, "features", {})
+    for i in range(200):  # one transaction each: the two processes interleave
+        store.put([(f"{i:04d}", f"{writer}".encode()), (f"w{writer}-{i:04d}", b"x")])
+    store.close()
+
+
+def test_two_processes_can_write_one_store_at_once(tmp_path: Path) -> None:
+    """Queued experiments run side by side (`dvc queue start -j 2`) share the cache."""
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_put_many, args=(tmp_path, n)) for n in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    store = ItemStore(tmp_path, "features", {})
+    assert len(store) == 200 + 2 * 200
+    assert {store.get(f"{i:04d}") for i in range(200)} <= {b"1", b"2"}
 
 
 def test_prepare_decodes_only_new_images_and_matches_an_uncached_run(
@@ -102,8 +147,28 @@ def test_prepare_decodes_only_new_images_and_matches_an_uncached_run(
     assert len(decoded) == 30 + 6
     fresh = run_prepare(datasets["grown"], tmp_path / "fresh", cache_dir=None)
     assert (grown / "manifest.csv").read_text() == (fresh / "manifest.csv").read_text()
-    for image in (fresh / "images").iterdir():
-        assert (grown / "images" / image.name).read_bytes() == image.read_bytes()
+    shards = sorted(p.name for p in (fresh / "shards").iterdir())
+    assert len(shards) >= 36 // 8 and shards == sorted(p.name for p in (grown / "shards").iterdir())
+    for name in shards:
+        assert (grown / "shards" / name).read_bytes() == (fresh / "shards" / name).read_bytes()
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_the_cache_is_a_few_files_whatever_the_number_of_images(
+        datasets, tmp_path: Path, runtime: str) -> None:
+    counts = []
+    for name in ("base", "grown"):  # 30 and 36 images, each into an empty cache
+        cache = tmp_path / name / "cache"
+        prepared = run_prepare(datasets[name], tmp_path / name, cache)
+        run_extract(prepared, tmp_path / name, cache, runtime=runtime)
+        files = [p for p in cache.rglob("*") if p.is_file()]
+        # Per key folder: key.json, the store (and SQLite's write-ahead log while a
+        # connection is open), or the exported network.
+        assert {p.name for p in files} <= {"key.json", "items.sqlite", "items.sqlite-wal",
+                                            "items.sqlite-shm", "model.onnx"}
+        assert sum(p.name == "items.sqlite" for p in files) == 2  # prepared, features
+        counts.append(len(files))
+    assert counts[0] == counts[1] <= 6
 
 
 def test_prepare_with_another_image_size_decodes_everything_again(

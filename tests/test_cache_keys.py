@@ -17,7 +17,8 @@ from PIL import Image
 import imgpipe
 from imgpipe.closure import SRC_DIR, code_digests
 from imgpipe.featurize import FeatureSettings, cache_key, image_features
-from imgpipe.prepare_image import PrepareSettings, open_cache, prepare_one
+from imgpipe.prepare_image import PrepareSettings, open_store, prepare_one
+from imgpipe.shards import ShardMember
 from imgpipe.sources import Sample
 
 _SETTINGS = FeatureSettings("efficientnet_lite0", pretrained=False, weights=None,
@@ -56,10 +57,11 @@ def images(tmp_path: Path) -> list[Path]:
 def test_every_library_file_a_feature_computation_runs_is_hashed_into_its_key(
         images: list[Path], tmp_path: Path) -> None:
     keys = [f"{i:016x}" for i in range(len(images))]
+    members = [ShardMember(path, 0, path.stat().st_size) for path in images]  # whole files
     hashed = set(cache_key(_SETTINGS)["code"])
     for _ in range(2):  # computed and stored, then served from the cache
         called = _library_files_run_by(
-            lambda: image_features(_SETTINGS, images, keys, cache_dir=tmp_path / "cache"))
+            lambda: image_features(_SETTINGS, members, keys, cache_dir=tmp_path / "cache"))
         assert called - hashed == set(), "run by the computation but not in the cache key"
     # The trace sees what the issue found missing from the old hand-typed key.
     assert {"imgpipe/cache.py", "imgpipe/distributed.py", "imgpipe/data.py"} <= called
@@ -68,13 +70,11 @@ def test_every_library_file_a_feature_computation_runs_is_hashed_into_its_key(
 def test_every_library_file_preparing_an_image_runs_is_hashed_into_its_key(
         images: list[Path], tmp_path: Path) -> None:
     settings = PrepareSettings(image_size=24)
-    cache = open_cache(tmp_path / "cache", settings)
+    store = open_store(tmp_path / "cache", settings)
     hashed = set(code_digests("imgpipe.prepare_image"))
-    for run in range(2):  # decoded and stored, then served from the cache
-        out = tmp_path / f"out{run}"
-        out.mkdir()
-        called = _library_files_run_by(lambda out=out: [
-            prepare_one(Sample(path, path.name, "a"), out, settings, cache) for path in images])
+    for _ in range(2):  # decoded and stored, then served from the cache
+        called = _library_files_run_by(lambda: [
+            prepare_one(Sample(path, path.name, "a"), settings, store) for path in images])
         assert called - hashed == set(), "run by the computation but not in the cache key"
     assert {"imgpipe/cache.py", "imgpipe/images.py"} <= called
 
@@ -101,6 +101,7 @@ def test_a_weights_file_is_keyed_by_its_contents(tmp_path: Path) -> None:
     ("imgpipe.featurize", "cache.py", True),  # the cache's own storage format
     ("imgpipe.featurize", "distributed.py", True),  # how batches are dealt to workers
     ("imgpipe.featurize", "transforms.py", True),
+    ("imgpipe.featurize", "shards.py", True),  # how a prepared image is read
     ("imgpipe.featurize", "efficientnet_lite.py", True),
     ("imgpipe.featurize", "params.py", False),  # the params schema
     ("imgpipe.featurize", "augment.py", False),  # fine-tuning only

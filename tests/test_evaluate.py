@@ -11,6 +11,7 @@ import pytest
 from imgpipe.features import load_split
 from imgpipe.head import load_head
 from imgpipe.metrics import classification_metrics, plot_prediction_grid
+from imgpipe.shards import ShardMember
 
 
 def test_metrics_on_known_predictions() -> None:
@@ -56,13 +57,14 @@ def test_prediction_grid_shows_misclassified_images_first_in_red(tmp_path) -> No
     from PIL import Image
 
     files = []
-    for i in range(8):
-        files.append(str(tmp_path / f"{i}.png"))
+    for i in range(8):  # whole files as shard members
+        files.append(tmp_path / f"{i}.png")
         Image.new("RGB", (32, 32), (90, 90, 90)).save(files[-1])
+    images = [ShardMember(file, 0, file.stat().st_size) for file in files]
     actual = ["a"] * 8
     predicted = ["a", "a", "a", "b", "a", "a", "a", "b"]  # images 3 and 7 wrong
-    plot_prediction_grid(tmp_path / "grid.png", files, actual, predicted)
-    plot_prediction_grid(tmp_path / "right.png", files, actual, actual)
+    plot_prediction_grid(tmp_path / "grid.png", images, actual, predicted)
+    plot_prediction_grid(tmp_path / "right.png", images, actual, actual)
     with Image.open(tmp_path / "grid.png") as grid, Image.open(tmp_path / "right.png") as right:
         # 6 columns x 2 rows of 2.0 x 2.3 inch panels at 80 dpi.
         assert grid.format == "PNG" and grid.size == right.size == (960, 368)

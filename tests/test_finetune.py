@@ -288,7 +288,8 @@ def test_class_weights_are_inverse_train_frequencies(tmp_path: Path) -> None:
     from stages.finetune_full import _class_weights
 
     rows = [("train", 0)] * 6 + [("train", 1)] * 2 + [("train", 2)] * 1 + [("val", 2)] * 5
-    pd.DataFrame({"image_id": range(len(rows)), "file": "x.png", "source": "x", "label": "l",
+    pd.DataFrame({"image_id": range(len(rows)), "shard": "shards/00000.tar",
+                  "offset": 512, "size": 1, "source": "x", "label": "l",
                   "label_index": [label for _, label in rows],
                   "split": [split for split, _ in rows], "sha256": "0"}).to_csv(
         tmp_path / "manifest.csv", index=False)

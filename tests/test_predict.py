@@ -18,7 +18,8 @@ from imgpipe.predict import Predictor, Unreadable, expand_inputs, predict_files
 
 def test_prepared_test_images_get_evaluates_predictions(trained) -> None:
     table = read_manifest(trained["prepared"], "test")
-    predictions = Predictor(trained["model"]).predict(list(table["file"]))
+    jpegs = [image.read_bytes() for image in table["image"]]  # out of their shards
+    predictions = Predictor(trained["model"]).predict(jpegs)
     expected = pd.read_csv(trained["predictions"])
     assert [p.predicted for p in predictions] == list(expected["predicted"])
     np.testing.assert_allclose([p.probability for p in predictions], expected["probability"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgpipe.cache import file_digest
 from imgpipe.errors import DataError
 from imgpipe.manifest import read_classes, read_manifest
+from imgpipe.shards import load_prepared
 from stages.prepare import prepare
 
 
@@ -21,7 +22,7 @@ def run_prepare(source: Path, tmp_path: Path, **overrides) -> dict:
     arguments = dict(source=source, out_dir=tmp_path / "prepared",
                      metrics_path=tmp_path / "prepare.json",
                      report_path=tmp_path / "skipped.csv", seed=0, val_fraction=0.2,
-                     test_fraction=0.2, image_size=48)
+                     test_fraction=0.2, image_size=48, shard_size=1000)
     return prepare(**{**arguments, **overrides})
 
 
@@ -32,15 +33,15 @@ def test_writes_manifest_classes_and_resized_rgb_images(digits_dir: Path,
     assert read_classes(tmp_path / "prepared") == ["one", "seven", "zero"]
     table = read_manifest(tmp_path / "prepared")
     assert len(table) == 30 and set(table["split"]) == {"train", "val", "test"}
-    with Image.open(table["file"][0]) as image:
-        assert (image.mode, image.size) == ("RGB", (48, 48))
+    image = load_prepared(table["image"][0])
+    assert (image.mode, image.size) == ("RGB", (48, 48))
     assert json.loads((tmp_path / "prepare.json").read_text()) == metrics
 
 
 def test_same_inputs_give_identical_outputs(digits_dir: Path, tmp_path: Path) -> None:
     run_prepare(digits_dir, tmp_path / "a")
     run_prepare(digits_dir, tmp_path / "b")
-    for name in ("manifest.csv", "classes.json"):
+    for name in ("manifest.csv", "classes.json", "shards/00000.tar"):
         assert ((tmp_path / "a" / "prepared" / name).read_bytes()
                 == (tmp_path / "b" / "prepared" / name).read_bytes())
 
@@ -52,7 +53,8 @@ def test_the_manifest_changes_whenever_a_prepared_image_does(digits_dir: Path,
     run_prepare(digits_dir, tmp_path / "a", image_size=48)
     run_prepare(digits_dir, tmp_path / "b", image_size=40)
     table = read_manifest(tmp_path / "a" / "prepared")
-    assert list(table["sha256"]) == [file_digest(Path(file)) for file in table["file"]]
+    assert list(table["sha256"]) == [hashlib.sha256(image.read_bytes()).hexdigest()
+                                     for image in table["image"]]
     other = read_manifest(tmp_path / "b" / "prepared")
     assert list(other["image_id"]) == list(table["image_id"])  # same images, same split
     assert not set(other["sha256"]) & set(table["sha256"])  # every file differs
@@ -111,9 +113,8 @@ def test_every_awkward_format_is_prepared_as_rgb(tmp_path: Path) -> None:
     assert metrics["skipped"] == 0
     table = read_manifest(tmp_path / "prepared")
     assert len(table) == 14
-    for file in table["file"]:
-        with Image.open(file) as image:
-            assert (image.mode, image.size) == ("RGB", (48, 48))
+    for image in map(load_prepared, table["image"]):
+        assert (image.mode, image.size) == ("RGB", (48, 48))
 
 
 def test_decompression_bombs_are_skipped(digits_dir: Path, tmp_path: Path,

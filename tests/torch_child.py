@@ -37,7 +37,7 @@ def main() -> None:
     out = args.out
     prepare(source=args.images, out_dir=out / "prepared", metrics_path=out / "prepare.json",
             report_path=out / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
-            image_size=64)
+            image_size=64, shard_size=1000)
     extract(prepared_dir=out / "prepared", features_dir=out / "features",
             backbone_name="efficientnet_lite0", pretrained=True, weights=None, batch_size=16)
     train_head(features_dir=out / "features", head_path=out / "head.pt",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from imgpipe import distributed
 from imgpipe.distributed import Ranks
-from imgpipe.images import load_prepared
+from imgpipe.shards import load_prepared
 from imgpipe.transforms import Transform
 
 T = TypeVar("T")
@@ -29,7 +29,8 @@ PREFETCH_BATCHES = 0
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label) pairs; `load` opens an item (a prepared file by default)."""
+    """(image tensor, label) pairs; `load` opens an item (by default a ShardMember: a
+    prepared image in its shard)."""
 
     def __init__(self, items: Sequence[Any], labels: Sequence[int], transform: Transform,
                  load: Callable[[Any], Image.Image] = load_prepared):

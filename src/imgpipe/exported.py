@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgpipe.cache import ItemCache
+from imgpipe.cache import FileCache
 from imgpipe.closure import code_digests
 
 _logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def exported_onnx(trunk: nn.Module, key: ExportKey, target: dict[str, str],
         path = Path(tempfile.mkdtemp(prefix="imgpipe-export-")) / f"{MODEL_NAME}{MODEL_SUFFIX}"
         _export(trunk, key, path)
         return path
-    cache = ItemCache(cache_dir, CACHE_KIND, export_key_parts(key, target))
+    cache = FileCache(cache_dir, CACHE_KIND, export_key_parts(key, target))
     if cache.has(MODEL_NAME, MODEL_SUFFIX):
         _logger.info("exported %s reused (%s)", key.backbone, cache.folder)
         return cache.path(MODEL_NAME, MODEL_SUFFIX)

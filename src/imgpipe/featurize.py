@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,17 +33,18 @@ import torchvision
 from imgpipe import distributed
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.backbones import build_backbone, inference_trunk
-from imgpipe.cache import ItemCache, file_digest
+from imgpipe.cache import ItemStore, file_digest
 from imgpipe.closure import code_digests
 from imgpipe.data import forward_sharded
 from imgpipe.distributed import ALONE, Ranks, resolve_device
+from imgpipe.errors import PipelineError
 from imgpipe.exported import ExportKey
 from imgpipe.runtimes import load_runner, version
 from imgpipe.transforms import eval_transform
 
 _logger = logging.getLogger(__name__)
 CACHE_KIND = "features"
-FEATURE_SUFFIX = ".npy"
+ROW_DTYPE = np.dtype("<f4")  # cached rows: little-endian float32 bytes
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,10 @@ def cache_key(settings: FeatureSettings) -> dict[str, Any]:
             "code": code_digests(__name__)}
 
 
-def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Sequence[str],
+def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Sequence[str],
                    ranks: Ranks = ALONE, cache_dir: Path | None = None,
                    ) -> tuple[BackboneInfo, np.ndarray | None]:
-    """Pooled penultimate features of the images, in order: (N, D) float32.
+    """Pooled penultimate features of the images (ShardMembers), in order: (N, D) float32.
 
     Collective under torchrun: every worker computes its share of the batches. With
     `cache_dir`, only images whose key (content hash) has no cached vector go through
@@ -106,30 +108,41 @@ def image_features(settings: FeatureSettings, files: Sequence[Path], keys: Seque
         "(OMP_NUM_THREADS), or set extract.runtime explicitly")
     settings = replace(settings, runtime=runtime)
     _logger.info("runtime %s %s, %s", runtime, version(runtime), settings.precision)
-    cache, todo = None, list(range(len(files)))
+    store, todo = None, list(range(len(images)))
     if cache_dir is not None:
-        cache = ItemCache(cache_dir, CACHE_KIND, cache_key(settings))
-        todo = [i for i, key in enumerate(keys) if not cache.has(key, FEATURE_SUFFIX)]
+        store = ItemStore(cache_dir, CACHE_KIND, cache_key(settings))
+        missing = store.missing(keys)
+        todo = [i for i, key in enumerate(keys) if key in missing]
     todo = distributed.from_main(todo)  # node 0's cache decides what every worker shares out
-    if cache is not None:
-        _logger.info("%d of %d images have cached features (%s)", len(files) - len(todo),
-                     len(files), cache.folder)
+    if store is not None:
+        _logger.info("%d of %d images have cached features (%s)", len(images) - len(todo),
+                     len(images), store.folder)
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
-    computed = forward_sharded(trunk, [files[i] for i in todo], transform,
+    computed = forward_sharded(trunk, [images[i] for i in todo], transform,
                                settings.batch_size, "extract", ranks, device=device,
                                pad_last=True)
     if not ranks.main:
         return info, None
-    features = np.empty((len(files), info.feature_dim), dtype=np.float32)
+    features = np.empty((len(images), info.feature_dim), dtype=np.float32)
     features[todo] = computed.reshape(len(todo), info.feature_dim)
-    if cache is not None:
-        computed_rows = set(todo)
-        for i, key in enumerate(keys):
-            if i in computed_rows:
-                cache.store(key, FEATURE_SUFFIX, lambda path, i=i: _save_row(path, features[i]))
-            else:
-                features[i] = np.load(cache.path(key, FEATURE_SUFFIX), allow_pickle=False)
+    if store is not None:
+        _fill_from_store(store, keys, todo, features)
+        store.close()
     return info, features
+
+
+def _fill_from_store(store: ItemStore, keys: Sequence[str], computed: list[int],
+                     features: np.ndarray) -> None:
+    """Store the computed rows; read every other row from the store."""
+    store.put((keys[i], features[i].astype(ROW_DTYPE).tobytes()) for i in computed)
+    rows: dict[str, list[int]] = defaultdict(list)  # key -> rows it fills
+    for i in sorted(set(range(len(keys))) - set(computed)):
+        rows[keys[i]].append(i)
+    for key, value in store.get_many(list(rows)):
+        features[rows.pop(key)] = np.frombuffer(value, dtype=ROW_DTYPE)
+    if rows:  # the cache folder was deleted while extract ran
+        raise PipelineError(f"{len(rows)} cached feature rows vanished from {store.folder} "
+                            "during extract: run `dvc repro extract` again")
 
 
 def _digest(keys: Sequence[str]) -> str:
@@ -140,8 +153,3 @@ def _export_key(settings: FeatureSettings, input_size: int) -> ExportKey:
     return ExportKey(settings.backbone, settings.pretrained,
                      settings.weights and file_digest(Path(settings.weights)),
                      settings.batch_size, input_size)
-
-
-def _save_row(path: Path, row: np.ndarray) -> None:
-    with path.open("wb") as handle:  # np.save(path) would append .npy to the temp name
-        np.save(handle, row)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import io
 
 import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-PREPARED_SUFFIX = ".jpg"
 _JPEG_QUALITY = 95  # prepared images: small on disk, no visible loss at 224 px
 _PAPER = (255, 255, 255)  # transparent pixels are composited on white
 
@@ -50,12 +49,8 @@ def square_resize(image: Image.Image, size: int) -> Image.Image:
                         reducing_gap=3.0)
 
 
-def save_prepared(image: Image.Image, path: Path) -> None:
-    """Write a prepared image (JPEG, 4:4:4, fixed quality: deterministic bytes)."""
-    image.save(path, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
-
-
-def load_prepared(path: Path) -> Image.Image:
-    """Open a prepared image as RGB (prepared images are already upright RGB squares)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def encode_prepared(image: Image.Image) -> bytes:
+    """A prepared image's bytes (JPEG, 4:4:4, fixed quality: deterministic)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
+    return buffer.getvalue()

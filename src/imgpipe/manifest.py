@@ -1,10 +1,12 @@
-"""The prepared dataset on disk: images, a manifest table and the class map.
+"""The prepared dataset on disk: image shards, a manifest table and the class map.
 
 Layout of the prepared folder (the `prepare` stage's output):
 
-    images/<image_id>.jpg   RGB squares, named by the content id of the source file
-    manifest.csv            one row per image: image_id, file, source, label, label_index,
-                            split, sha256 (of the prepared file)
+    shards/NNNNN.tar        RGB squares as JPEG members <image_id>.jpg, where image_id is
+                            the content id of the source file (see imgpipe.shards)
+    manifest.csv            one row per image: image_id, shard, offset, size (of its bytes
+                            in the shard), source, label, label_index, split, sha256 (of
+                            the prepared image's bytes)
     classes.json            class names, index i is label_index i
     preprocess.json         how raw images were turned into these: {"image_size": N}
 
@@ -22,24 +24,31 @@ import pandas as pd
 
 from imgpipe.errors import DataError
 from imgpipe.io import read_json
+from imgpipe.shards import ShardMember
 
 MANIFEST_NAME = "manifest.csv"
 CLASSES_NAME = "classes.json"
 PREPROCESS_NAME = "preprocess.json"
-IMAGES_DIR = "images"
 INDEX_NAMES = (MANIFEST_NAME, CLASSES_NAME, PREPROCESS_NAME)
-MANIFEST_COLUMNS = ("image_id", "file", "source", "label", "label_index", "split", "sha256")
+MANIFEST_COLUMNS = ("image_id", "shard", "offset", "size", "source", "label", "label_index",
+                    "split", "sha256")
 
 
 def read_manifest(prepared_dir: Path, split: str | None = None) -> pd.DataFrame:
-    """The manifest rows (all, or one split's), with `file` made absolute."""
+    """The manifest rows (all, or one split's), plus `image`: where each image's bytes
+    are (a ShardMember, which `imgpipe.shards.load_prepared` opens)."""
     path = prepared_dir / MANIFEST_NAME
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro prepare` first")
     table = pd.read_csv(path, dtype={"image_id": str, "label": str, "source": str, "sha256": str})
+    if "shard" not in table.columns:
+        raise DataError(f"{path} was written by an older imgpipe (images as files, not "
+                        "shards): run `dvc repro prepare` again")
     if split is not None:
         table = table[table["split"] == split].reset_index(drop=True)
-    table["file"] = [str(prepared_dir / name) for name in table["file"]]
+    table["image"] = [ShardMember(prepared_dir / shard, int(offset), int(size))
+                      for shard, offset, size in zip(table["shard"], table["offset"],
+                                                     table["size"])]
     return table
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from imgpipe.io import atomic_path
+from imgpipe.shards import ShardMember, load_prepared
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
@@ -67,16 +68,15 @@ def plot_confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray,
     plt.close(figure)
 
 
-def plot_prediction_grid(path: Path, files: list[str], actual: list[str],
+def plot_prediction_grid(path: Path, images: list[ShardMember], actual: list[str],
                          predicted: list[str], max_images: int = 36) -> None:
     """Test images with true and predicted labels, misclassified first (red titles)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
-    order = sorted(range(len(files)), key=lambda i: (actual[i] == predicted[i], files[i]))
+    order = sorted(range(len(images)), key=lambda i: (actual[i] == predicted[i], i))
     shown = order[:max_images]
     columns = min(6, max(1, len(shown)))
     rows = max(1, -(-len(shown) // columns))
@@ -85,13 +85,12 @@ def plot_prediction_grid(path: Path, files: list[str], actual: list[str],
     for axis in axes.flat:
         axis.axis("off")
     for axis, index in zip(axes.flat, shown):
-        with Image.open(files[index]) as image:
-            axis.imshow(image.convert("RGB"))
+        axis.imshow(load_prepared(images[index]))
         wrong = actual[index] != predicted[index]
         axis.set_title(f"true {actual[index]}\npred {predicted[index]}", fontsize=8,
                        color="red" if wrong else "green")
     errors = sum(a != p for a, p in zip(actual, predicted))
-    figure.suptitle(f"{errors} of {len(files)} test images misclassified (shown first)")
+    figure.suptitle(f"{errors} of {len(images)} test images misclassified (shown first)")
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=80)

@@ -25,6 +25,7 @@ class PrepareParams:
     val_fraction: float
     test_fraction: float
     image_size: int  # pixels, side of the stored square images
+    shard_size: int  # most images per shard file (imgpipe.shards)
     on_error: Literal["skip", "stop"]  # unreadable images and broken manifest rows
 
     def __post_init__(self) -> None:
@@ -36,3 +37,4 @@ class PrepareParams:
                 f"{self.val_fraction + self.test_fraction:g} leaves no training images: "
                 "keep their sum below 1 (0.3 is usual)")
         check_range("prepare.image_size", self.image_size, 32, 1024)
+        check_range("prepare.shard_size", self.shard_size, 2, 1_000_000)

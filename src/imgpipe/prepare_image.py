@@ -1,7 +1,7 @@
-"""One source image -> one prepared image, through the per-image cache: what prepare caches.
+"""One source image -> one prepared image in the per-image store: what prepare caches.
 
 A cached prepared image is valid exactly when it would be made again the same: same
-source bytes (the entry is named by their content id), same code, same values passed in.
+source bytes (the entry is keyed by their content id), same code, same values passed in.
 So the cache key is `PrepareSettings` field by field, Pillow's version, and the digest
 of every file in this module's import closure (see imgpipe.closure): decoding, the
 resize, the JPEG encoding and the cache's own storage. An edit to any other module keeps
@@ -18,9 +18,9 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from imgpipe.cache import ItemCache, place
+from imgpipe.cache import ItemStore
 from imgpipe.closure import code_digests
-from imgpipe.images import PREPARED_SUFFIX, content_id, save_prepared, square_resize, to_rgb
+from imgpipe.images import content_id, encode_prepared, square_resize, to_rgb
 from imgpipe.sources import Sample, Skipped
 
 CACHE_KIND = "prepared"
@@ -33,15 +33,16 @@ class PrepareSettings:
     image_size: int  # prepare.image_size, pixels: side of the prepared square
 
 
-def open_cache(cache_dir: Path, settings: PrepareSettings) -> ItemCache:
-    """The cache folder of prepared images made with `settings` by this code."""
-    return ItemCache(cache_dir, CACHE_KIND, {**asdict(settings), "pillow": PIL.__version__,
+def open_store(cache_dir: Path, settings: PrepareSettings) -> ItemStore:
+    """The store of prepared images made with `settings` by this code."""
+    return ItemStore(cache_dir, CACHE_KIND, {**asdict(settings), "pillow": PIL.__version__,
                                              "code": code_digests(__name__)})
 
 
-def prepare_one(sample: Sample, images_dir: Path, settings: PrepareSettings,
-                cache: ItemCache | None) -> tuple[str, bool] | Skipped:
-    """Write one prepared image: (its content id, whether it was decoded), or why not."""
+def prepare_one(sample: Sample, settings: PrepareSettings,
+                store: ItemStore) -> tuple[str, bool] | Skipped:
+    """Make sure `store` holds the sample's prepared image (encoded JPEG bytes, under the
+    source's content id): (that id, whether it was decoded now), or why it cannot."""
     try:
         data = sample.path.read_bytes()
     except OSError as error:  # a broken link, no permission
@@ -49,11 +50,7 @@ def prepare_one(sample: Sample, images_dir: Path, settings: PrepareSettings,
     if not data:
         return Skipped(sample.relpath, "empty file (0 bytes)", broken=True)
     image_id = content_id(data)
-    target = images_dir / f"{image_id}{PREPARED_SUFFIX}"
-    if target.exists():  # a duplicate of an image already written
-        return image_id, False
-    if cache is not None and cache.has(image_id, PREPARED_SUFFIX):
-        place(cache.path(image_id, PREPARED_SUFFIX), target)
+    if not store.missing([image_id]):  # made by an earlier run, or a duplicate in this one
         return image_id, False
     try:
         with warnings.catch_warnings():
@@ -66,9 +63,5 @@ def prepare_one(sample: Sample, images_dir: Path, settings: PrepareSettings,
         return Skipped(sample.relpath, f"too large to decode safely: {error}", broken=True)
     except (OSError, SyntaxError, ValueError) as error:
         return Skipped(sample.relpath, f"unreadable image: {error}", broken=True)
-    if cache is None:
-        save_prepared(prepared, target)
-    else:
-        place(cache.store(image_id, PREPARED_SUFFIX, lambda path: save_prepared(prepared, path)),
-              target)
+    store.put([(image_id, encode_prepared(prepared))])
     return image_id, True

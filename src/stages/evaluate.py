@@ -58,7 +58,7 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
     classes, info = record.classes, record.backbone
     table = read_manifest(prepared_dir, "test")
     transform = eval_transform(info.input_size, info.mean, info.std)
-    logits = forward_all(model, table["file"], transform, batch_size, "evaluate",
+    logits = forward_all(model, table["image"], transform, batch_size, "evaluate",
                          device=device)
     probabilities = softmax(logits)
     y_true = table["label_index"].to_numpy()
@@ -75,7 +75,7 @@ def evaluate(*, prepared_dir: Path, model_path: Path, metrics_path: Path,
         predictions.to_csv(temporary, index=False)
     plot_confusion(confusion_png, y_true, y_pred, classes)
     if grid_png is not None:
-        plot_prediction_grid(grid_png, list(table["file"]), list(predictions["actual"]),
+        plot_prediction_grid(grid_png, list(table["image"]), list(predictions["actual"]),
                              list(predictions["predicted"]))
     if per_class_path is not None:
         with atomic_path(per_class_path) as temporary:
@@ -98,7 +98,7 @@ def track(paths: ResultPaths, *, params_path: Path, tracking: TrackingParams,
     params = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
     files = paths.under(root)
     baseline_rev = os.environ.get("DVC_EXP_BASELINE_REV") or None
-    test_files = read_manifest(files.prepared_dir, "test")["file"]
+    test_images = read_manifest(files.prepared_dir, "test")["image"]
     key = result_key(params, file_md5(files.model),
                      file_md5(files.prepared_dir / MANIFEST_NAME))
     record = build_record(
@@ -106,7 +106,7 @@ def track(paths: ResultPaths, *, params_path: Path, tracking: TrackingParams,
         baseline=committed_params(root.resolve(), baseline_rev or "HEAD"),
         baseline_rev=baseline_rev, exp_name=os.environ.get("DVC_EXP_NAME") or None,
         register_as=tracking.register_model,
-        example_image=Path(test_files[0]).read_bytes() if len(test_files) else None)
+        example_image=test_images[0].read_bytes() if len(test_images) else None)
     return log_run(record, required=tracking.required)
 
 

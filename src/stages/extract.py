@@ -51,7 +51,7 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
     table = pd.concat([read_manifest(prepared_dir, split) for split in SPLITS],
                       ignore_index=True)
     keys = [sha[:16] for sha in table["sha256"]]  # prepare hashed every image
-    info, features = image_features(settings, list(table["file"]), keys, ranks, cache_dir)
+    info, features = image_features(settings, list(table["image"]), keys, ranks, cache_dir)
     if not ranks.main:
         return info
     with atomic_path(features_dir) as staging:

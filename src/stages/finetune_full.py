@@ -263,7 +263,7 @@ def _run_key(recipe: Recipe, paths: FinetunePaths) -> str:
 
 def _dataset(prepared_dir: Path, split: str, transform) -> ImageDataset:
     table = read_manifest(prepared_dir, split)
-    return ImageDataset(table["file"], table["label_index"].tolist(), transform)
+    return ImageDataset(table["image"], table["label_index"].tolist(), transform)
 
 
 def _loader(dataset: Dataset, batch_size: int, ranks: Ranks,

@@ -1,37 +1,34 @@
 """Stage prepare: list, decode, de-duplicate, split and resize the dataset.
 
-Reads `data.source` and `prepare.*`. Writes the prepared folder (see imgpipe.manifest),
-the counts in the metrics file and every skipped file, with its reason, in a report.
-With a cache folder, each resized image is also kept there under its source's content
-hash, so a later run decodes only images it has not seen (imgpipe.prepare_image says
-what the cache key is made of).
+Reads `data.source` and `prepare.*`. Writes the prepared folder (images in shards, see
+imgpipe.manifest and imgpipe.shards), the counts in the metrics file and every skipped
+file, with its reason, in a report. With a cache folder, each resized image is also kept
+there under its source's content hash, so a later run decodes only images it has not
+seen (imgpipe.prepare_image says what the cache key is made of).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from imgpipe import stage
-from imgpipe.cache import ItemCache, file_digest
+from imgpipe.cache import ItemStore
 from imgpipe.errors import DataError
-from imgpipe.images import PREPARED_SUFFIX
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import (
-    CLASSES_NAME,
-    IMAGES_DIR,
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    PREPROCESS_NAME,
-)
+from imgpipe.manifest import CLASSES_NAME, MANIFEST_COLUMNS, MANIFEST_NAME, PREPROCESS_NAME
 from imgpipe.params import load_section
 from imgpipe.params_prepare import DataParams, PrepareParams
-from imgpipe.prepare_image import PrepareSettings, open_cache, prepare_one
+from imgpipe.prepare_image import PrepareSettings, open_store, prepare_one
+from imgpipe.shards import write_shards
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
 
@@ -39,15 +36,17 @@ _logger = logging.getLogger(__name__)
 
 
 def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Path, seed: int,
-            val_fraction: float, test_fraction: float, image_size: int,
+            val_fraction: float, test_fraction: float, image_size: int, shard_size: int,
             classes: list[str] | None = None, on_error: str = "skip",
             cache_dir: Path | None = None) -> dict:
     """Turn the images under `source` into a split, resized, content-addressed dataset.
 
     Args:
         classes: labels to keep, in this order; None keeps every label, sorted.
+        shard_size: most images per shard (see imgpipe.shards).
         on_error: "skip" lists unreadable files in the report; "stop" raises on the first.
-        cache_dir: per-image cache (resized images by source content hash); None: none.
+        cache_dir: per-image cache (resized images by source content hash); None: a
+            temporary one, deleted afterwards.
 
     Returns:
         The metrics written to `metrics_path` (counts per split and class, skipped files).
@@ -59,18 +58,20 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
     if on_error == "stop":
         _stop_on_broken(skipped)
     settings = PrepareSettings(image_size)
-    cache = None if cache_dir is None else open_cache(cache_dir, settings)
-    with atomic_path(out_dir) as staging:
-        (staging / IMAGES_DIR).mkdir(parents=True)
-        kept = _decode_all(samples, staging / IMAGES_DIR, settings, skipped, on_error, cache)
-        rows = _drop_duplicates(kept, staging / IMAGES_DIR, skipped)
+    with _store(cache_dir, settings) as store, atomic_path(out_dir) as staging:
+        kept = _decode_all(samples, settings, store, skipped, on_error)
+        rows = _drop_duplicates(kept, skipped)
         classes = _check_classes(rows, skipped, classes)
         table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
-        table["file"] = [f"{IMAGES_DIR}/{i}{PREPARED_SUFFIX}" for i in table["image_id"]]
+        # Shards in the source's (sorted) order: added images land near each other.
+        placements = write_shards(staging, _encoded(store, list(table["image_id"])), shard_size)
+        table["shard"] = [p.shard for p in placements]
+        table["offset"] = [p.offset for p in placements]
+        table["size"] = [p.size for p in placements]
+        table["sha256"] = [p.sha256 for p in placements]
         table["label_index"] = [classes.index(label) for label in table["label"]]
         table["split"] = stratified_split(list(table["label"]), list(table["image_id"]),
                                           val_fraction, test_fraction, seed)
-        table["sha256"] = [file_digest(staging / name) for name in table["file"]]
         table = table.sort_values(["split", "label_index", "image_id"], ignore_index=True)
         table[list(MANIFEST_COLUMNS)].to_csv(staging / MANIFEST_NAME, index=False)
         write_json(staging / CLASSES_NAME, classes)
@@ -100,13 +101,23 @@ def _stop_on_broken(skipped: list[Skipped]) -> None:
                         "problem(s)); fix the data, or set prepare.on_error: skip")
 
 
-def _decode_all(samples: list[Sample], images_dir: Path, settings: PrepareSettings,
-                skipped: list[Skipped], on_error: str,
-                cache: ItemCache | None) -> list[tuple[str, Sample]]:
-    """Decode, convert and resize each sample into `images_dir`; skip what cannot be read."""
+@contextmanager
+def _store(cache_dir: Path | None, settings: PrepareSettings) -> Iterator[ItemStore]:
+    """The per-image store under `cache_dir`, or a temporary one when there is none."""
+    with tempfile.TemporaryDirectory(prefix="imgpipe-prepare-") as temporary:
+        store = open_store(Path(temporary) if cache_dir is None else cache_dir, settings)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def _decode_all(samples: list[Sample], settings: PrepareSettings, store: ItemStore,
+                skipped: list[Skipped], on_error: str) -> list[tuple[str, Sample]]:
+    """Decode, convert and resize each sample into `store`; skip what cannot be read."""
     kept, decoded = [], 0
     for sample in tqdm(samples, desc="prepare", unit="img", mininterval=2.0):
-        problem = prepare_one(sample, images_dir, settings, cache)
+        problem = prepare_one(sample, settings, store)
         if isinstance(problem, Skipped):
             skipped.append(problem)
             if on_error == "stop":
@@ -115,15 +126,15 @@ def _decode_all(samples: list[Sample], images_dir: Path, settings: PrepareSettin
             image_id, was_decoded = problem
             kept.append((image_id, sample))
             decoded += was_decoded
-    if cache is not None:
-        _logger.info("decoded %d images, %d from the cache (%s)", decoded, len(kept) - decoded,
-                     cache.folder)
+    _logger.info("decoded %d images, %d already in the store (%s)", decoded,
+                 len(kept) - decoded, store.folder)
     return kept
 
 
-def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
+def _drop_duplicates(kept: list[tuple[str, Sample]],
                      skipped: list[Skipped]) -> list[tuple[str, str, str]]:
-    """One row per distinct image; an image labelled with two classes is dropped."""
+    """One row per distinct image, in the order first seen; an image labelled with two
+    classes is dropped."""
     by_id: dict[str, list[Sample]] = defaultdict(list)
     for image_id, sample in kept:
         by_id[image_id].append(sample)
@@ -134,12 +145,21 @@ def _drop_duplicates(kept: list[tuple[str, Sample]], images_dir: Path,
             for sample in copies:
                 skipped.append(Skipped(sample.relpath, "the same image is labelled "
                                        f"{' and '.join(map(repr, labels))}: ambiguous"))
-            (images_dir / f"{image_id}{PREPARED_SUFFIX}").unlink()
             continue
         for sample in copies[1:]:
             skipped.append(Skipped(sample.relpath, f"duplicate of {copies[0].relpath}"))
         rows.append((image_id, copies[0].relpath, copies[0].label))
     return rows
+
+
+def _encoded(store: ItemStore, image_ids: list[str]) -> Iterator[tuple[str, bytes]]:
+    """The prepared images' bytes from the store, in the order of `image_ids`."""
+    for image_id in image_ids:
+        data = store.get(image_id)
+        if data is None:  # the cache folder was deleted while prepare ran
+            raise DataError(f"prepared image {image_id} vanished from {store.folder} during "
+                            "prepare: run `dvc repro prepare` again")
+        yield image_id, data
 
 
 def _check_classes(rows: list[tuple[str, str, str]], skipped: list[Skipped],
@@ -185,7 +205,8 @@ def main() -> None:
         prepare(source=Path(data.source), out_dir=args.out_dir,
                 metrics_path=args.metrics, report_path=args.report, seed=params.seed,
                 val_fraction=params.val_fraction, test_fraction=params.test_fraction,
-                image_size=params.image_size, classes=data.classes,
+                image_size=params.image_size, shard_size=params.shard_size,
+                classes=data.classes,
                 on_error=params.on_error, cache_dir=args.cache_dir)
 
     stage.run("prepare", body)
