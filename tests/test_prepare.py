@@ -187,3 +187,28 @@ def test_csv_manifest_source_with_missing_files(digits_dir: Path, tmp_path: Path
     finally:
         (digits_dir / "labels.csv").unlink()
     assert sum(metrics["images"].values()) == 30 and metrics["skipped"] == 2
+
+
+def _numbered_images(folder: Path, indices: range) -> None:
+    """img_NNN.png in three class folders, by index: as numbered exports are named."""
+    for i in indices:
+        pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        (folder / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"class{i % 3}" / f"img_{i:03d}.png")
+
+
+def test_images_added_with_later_names_rewrite_only_the_last_shards(tmp_path: Path) -> None:
+    """What `dvc push` uploads after adding images: the shards whose bytes changed."""
+    source = tmp_path / "source"
+    _numbered_images(source, range(60))
+    run_prepare(source, tmp_path / "before", shard_size=6)
+    _numbered_images(source, range(60, 63))  # one new image in each class folder
+    run_prepare(source, tmp_path / "after", shard_size=6)
+
+    def shards(out: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (out / "prepared" / "shards").iterdir()}
+
+    before, after = shards(tmp_path / "before"), shards(tmp_path / "after")
+    assert len(before) >= 60 // 6
+    rewritten = [name for name, data in after.items() if data not in before.values()]
+    assert rewritten == sorted(after)[-len(rewritten):] and 1 <= len(rewritten) <= 2

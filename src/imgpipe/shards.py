@@ -1,6 +1,6 @@
 """Prepared images packed into tar shards: a few hundred files for DVC, not one per image.
 
-prepare writes the images in the source's listing order (sorted paths) into
+prepare writes the images ordered by file name, then path (stages.prepare says why), into
 `shards/NNNNN.tar`, plain uncompressed tar files (`tar tf` lists them; WebDataset reads
 them) whose members are `<image_id>.jpg`. The manifest records each image's shard, byte
 offset and size, so any stage reads one image with one seek, in any order.

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from tqdm import tqdm
@@ -63,12 +63,9 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         rows = _drop_duplicates(kept, skipped)
         classes = _check_classes(rows, skipped, classes)
         table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
-        # Shards in the source's (sorted) order: added images land near each other.
-        placements = write_shards(staging, _encoded(store, list(table["image_id"])), shard_size)
-        table["shard"] = [p.shard for p in placements]
-        table["offset"] = [p.offset for p in placements]
-        table["size"] = [p.size for p in placements]
-        table["sha256"] = [p.sha256 for p in placements]
+        placements = write_shards(staging, _encoded(store, _shard_order(table)), shard_size)
+        placed = pd.DataFrame(placements).set_index("image_id")
+        table = table.join(placed, on="image_id")
         table["label_index"] = [classes.index(label) for label in table["label"]]
         table["split"] = stratified_split(list(table["label"]), list(table["image_id"]),
                                           val_fraction, test_fraction, seed)
@@ -150,6 +147,15 @@ def _drop_duplicates(kept: list[tuple[str, Sample]],
             skipped.append(Skipped(sample.relpath, f"duplicate of {copies[0].relpath}"))
         rows.append((image_id, copies[0].relpath, copies[0].label))
     return rows
+
+
+def _shard_order(table: pd.DataFrame) -> list[str]:
+    """Image ids by file name, then path: images added with later names (numbered or
+    dated files, whatever class folder they are in) land together in the last shards,
+    so `dvc push` after adding them uploads those shards only."""
+    names = [PurePosixPath(source).name for source in table["source"]]
+    order = sorted(range(len(table)), key=lambda i: (names[i], table["source"][i]))
+    return [table["image_id"][i] for i in order]
 
 
 def _encoded(store: ItemStore, image_ids: list[str]) -> Iterator[tuple[str, bytes]]:
