@@ -3,11 +3,13 @@ prepare, extract and train_head at each size, each in a fresh process (bench.chi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.report import Check, Target
 from bench.workspace import Workspace
 
 GROWTH_STAGES = ("prepare", "extract", "train_head")
-MEMORY_STAGES = ("prepare", "extract")
+MEMORY_STAGES = ("prepare", "extract", "train_head")
 GOAL_RATIO = 1.5  # peak RSS at the largest N / at the smallest
 
 
@@ -21,6 +23,11 @@ def measure_growth(workspace: Workspace, sizes: list[int]) -> dict:
                     for stage in GROWTH_STAGES},
         "peak_rss_mb": {stage: {str(n): workspace.runs[stage, n].peak_rss_mb
                                 for n in sorted(sizes)} for stage in GROWTH_STAGES},
+        "files": {"data/prepared": {str(n): _files(workspace.prepared(n)) for n in sizes},
+                  ".cache/imgpipe": {str(n): _files(workspace.cache_dir(n)) for n in sizes}},
+        "disk_mb": {"data/prepared": {str(n): _mib(workspace.prepared(n)) for n in sizes},
+                    ".cache/imgpipe": {str(n): _mib(workspace.cache_dir(n)) for n in sizes},
+                    "source": {str(n): _mib(workspace.dataset(n)) for n in sizes}},
         "notes": "each stage function in a fresh Python process (imports excluded from the "
                  "time, included in the memory), params.yaml defaults, an empty per-image "
                  "cache_dir when the stage takes one (as dvc.yaml passes it); synthetic "
@@ -28,16 +35,24 @@ def measure_growth(workspace: Workspace, sizes: list[int]) -> dict:
     }
 
 
+def _files(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.is_file())
+
+
+def _mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
 def measure_memory(workspace: Workspace, small: int, large: int) -> Target:
-    """Peak RSS of prepare and extract at `large` images over that at `small`."""
+    """Peak RSS of prepare, extract and train_head at `large` images over that at `small`."""
     target = Target(
         name="memory",
-        goal=f"peak RSS of prepare and extract at N = {large:,} at most {GOAL_RATIO:g}x "
-             f"the peak at N = {small:,}",
+        goal=f"peak RSS of prepare, extract and train_head at N = {large:,} at most "
+             f"{GOAL_RATIO:g}x the peak at N = {small:,}",
         unit="x",
         checks=[Check(f"{stage} ratio", "<=", GOAL_RATIO) for stage in MEMORY_STAGES])
     for n in (small, large):
-        workspace.features(n)  # runs prepare first
+        workspace.head(n)  # runs prepare and extract first
     for stage in MEMORY_STAGES:
         peaks = [workspace.runs[stage, n].peak_rss_mb for n in (small, large)]
         target.add(f"{stage} peak at {small:,}", peaks[0], "MiB")

@@ -120,4 +120,10 @@ def growth_markdown(growth: dict, command: str) -> str:
     for stage, by_size in growth["peak_rss_mb"].items():
         lines.append(f"| {stage} peak RSS | " + " | ".join(
             f"{_number(by_size.get(str(n)))} MiB" for n in sizes) + " |")
+    for folder, by_size in growth.get("files", {}).items():
+        lines.append(f"| files in {folder} | " + " | ".join(
+            _number(by_size.get(str(n))) for n in sizes) + " |")
+    for folder, by_size in growth.get("disk_mb", {}).items():
+        lines.append(f"| disk used by {folder} | " + " | ".join(
+            f"{_number(by_size.get(str(n)))} MiB" for n in sizes) + " |")
     return "\n".join(lines)

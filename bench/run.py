@@ -6,10 +6,12 @@ shared machine are noise. Targets (select with --only):
   throughput   default extract (lite0, runtime auto) vs eager lite0 and resnet18 (whole
                stage and network only), share of the matmul roof, bf16 speed and accuracy
   head         train_head on cached features vs one epoch of the naive recipe
-  incremental  prepare and extract after adding 1% new images, with cache_dir
+  incremental  prepare and extract after adding 1% new images, with cache_dir; the share
+               of data/prepared's bytes that dvc push then uploads
   dvc          no-op `dvc repro` at the largest size vs DVC's one-stage no-op
-  memory       peak RSS of prepare and extract, largest size vs smallest
-  growth       prepare, extract and train_head wall time at every size (README table)
+  memory       peak RSS of prepare, extract and train_head, largest size vs smallest
+  growth       prepare, extract and train_head wall time and peak RSS, files and disk of
+               data/prepared and the cache, at every size (README table)
 
 Example: python bench/run.py --sizes 1000 5000 10000 --out bench/
 """
@@ -26,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +37,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "src")]
 import torch  # noqa: E402
 from scripts.repo_copy import committed_params  # noqa: E402
 
-from bench import bf16_probe, dvc_noop, growth, head, incremental, throughput  # noqa: E402
+from bench import bf16_probe, dvc_noop, growth, head, incremental, synth, throughput  # noqa: E402
 from bench.report import Target, write_report  # noqa: E402
 from bench.workspace import Workspace  # noqa: E402
 from imgpipe.params_check import parse_params  # noqa: E402
@@ -42,6 +45,7 @@ from imgpipe.params_check import parse_params  # noqa: E402
 _logger = logging.getLogger("bench")
 TARGETS = ("throughput", "head", "incremental", "dvc", "memory", "growth")
 MIN_SIZE = 30  # 10 classes x 3 images: every class needs one image per split
+SMALL_SIZE = 32  # --small: prepare.image_size and backbone.input_size, px (the least allowed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--throughput-images", type=int, default=256,
                         help="prepared images each whole-stage extract runs over (throughput)")
+    parser.add_argument("--small", action="store_true",
+                        help=f"generate {synth.SMALL_SIDES[0]}-{synth.SMALL_SIDES[1]} px images "
+                             f"and run prepare and the backbone at {SMALL_SIZE} px (instead of "
+                             "160-400 px and the params' sizes), so that 100,000 images fit "
+                             "a laptop; the scale figures (files, memory, push) hold, the "
+                             "seconds are not the default pipeline's")
     parser.add_argument("--digits-per-class", type=int, default=None,
                         help="digits per class for the bf16 probe (default: all, ~180)")
     args = parser.parse_args(argv)
@@ -122,12 +132,18 @@ def main(argv: list[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     work = args.work or Path(tempfile.mkdtemp(prefix="imgpipe-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    workspace = Workspace(work.resolve(), parse_params(committed_params()),
-                          args.threads, max(args.sizes))
+    params = parse_params(committed_params())
+    sides = (synth.MIN_SIDE, synth.MAX_SIDE)
+    if args.small:
+        sides = synth.SMALL_SIDES
+        params = replace(params, prepare=replace(params.prepare, image_size=SMALL_SIZE),
+                         backbone=replace(params.backbone, input_size=SMALL_SIZE))
+    workspace = Workspace(work.resolve(), params, args.threads, max(args.sizes), sides)
     context = {"command": "python " + shlex.join(sys.argv if argv is None else
                                                  ["bench/run.py", *argv]),
                "machine": machine(), "sizes": sorted(args.sizes), "rounds": args.rounds,
-               "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "small": args.small}
     started = time.perf_counter()
 
     def save(targets: list[Target], growth_table: dict | None) -> None:

@@ -8,17 +8,17 @@ smaller dataset is a subset of a larger one (hard-linked, no second copy on disk
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgpipe.cache import place
-
 _logger = logging.getLogger(__name__)
 NUM_CLASSES = 10
 MIN_SIDE, MAX_SIDE = 160, 400  # pixels: decode and resize cost like real photos, not thumbnails
+SMALL_SIDES = (32, 64)  # pixels, `bench/run.py --small`: 100,000 images fit this machine
 PNG_SHARE = 0.1  # the rest are JPEGs
 _SHAPES = ("ellipse", "rectangle", "polygon", "lines", "arcs")
 _DONE = ".complete"  # suffix of the marker file: the folder was written to the end
@@ -39,11 +39,11 @@ def _marker(root: Path) -> Path:
     return root.with_name(root.name + _DONE)
 
 
-def render(index: int, seed: int) -> Image.Image:
+def render(index: int, seed: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Image.Image:
     """One image: a class-tinted gradient with noise, and class-typed shapes on it."""
     rng = np.random.default_rng((seed, index))
     label = index % NUM_CLASSES
-    width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    width, height = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
     hue = np.array([np.sin(label), np.sin(label + 2.1), np.sin(label + 4.2)]) * 70 + 128
     start, end = hue + rng.normal(0, 30, 3), hue[::-1] + rng.normal(0, 30, 3)
     ramp = np.linspace(0.0, 1.0, width)[None, :, None]  # (1, W, 1)
@@ -78,12 +78,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rng: np.random.Generator,
         draw.arc((x0, y0, x1, y1), 0, int(rng.integers(90, 360)), fill=colour, width=4)
 
 
-def write_image(root: Path, index: int, seed: int) -> Path:
+def write_image(root: Path, index: int, seed: int,
+                sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Path:
     """Render image `index` into the ImageFolder tree at `root`; its path."""
     rng = np.random.default_rng((seed, index, 1))
     path = image_path(root, index, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = render(index, seed)
+    image = render(index, seed, sides)
     if path.suffix == ".png":
         image.save(path, format="PNG", compress_level=6)
     else:
@@ -91,14 +92,15 @@ def write_image(root: Path, index: int, seed: int) -> Path:
     return path
 
 
-def make_dataset(root: Path, indices: range, seed: int, link_from: Path | None = None) -> Path:
+def make_dataset(root: Path, indices: range, seed: int, link_from: Path | None = None,
+                 sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Path:
     """An ImageFolder of the images `indices`; reused when already complete.
 
     Images present under `link_from` (a dataset of the same seed) are hard-linked from
     there instead of rendered again.
     """
     marker = _marker(root)
-    stamp = f"seed={seed} indices={indices.start}:{indices.stop}\n"
+    stamp = f"seed={seed} indices={indices.start}:{indices.stop} sides={sides}\n"
     if marker.is_file() and marker.read_text() == stamp:
         return root
     if root.exists():
@@ -109,20 +111,25 @@ def make_dataset(root: Path, indices: range, seed: int, link_from: Path | None =
         if source is not None and source.is_file():
             _link(source, image_path(root, index, seed))
         else:
-            write_image(root, index, seed)
+            write_image(root, index, seed, sides)
     marker.write_text(stamp)
     return root
 
 
 def _link(source: Path, target: Path) -> None:
+    """A hard link to `source` (no second copy on disk), or a copy where links fail."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    place(source, target)  # a hard link, or a copy where links are not possible
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
-def add_images(source: Path, root: Path, new: range, seed: int) -> Path:
+def add_images(source: Path, root: Path, new: range, seed: int,
+               sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Path:
     """A copy of the dataset `source` (hard links) plus the images `new`."""
     marker = _marker(root)
-    stamp = f"from={source} seed={seed} new={new.start}:{new.stop}\n"
+    stamp = f"from={source} seed={seed} new={new.start}:{new.stop} sides={sides}\n"
     if marker.is_file() and marker.read_text() == stamp:
         return root
     if root.exists():
@@ -131,6 +138,6 @@ def add_images(source: Path, root: Path, new: range, seed: int) -> Path:
         if path.is_file():
             _link(path, root / path.relative_to(source))
     for index in new:
-        write_image(root, index, seed)
+        write_image(root, index, seed, sides)
     marker.write_text(stamp)
     return root

@@ -36,16 +36,17 @@ class Workspace:
     params: Params  # the pipeline's defaults (params.yaml): what each stage is called with
     threads: int  # torch threads in every process that runs a network
     largest: int  # the largest dataset: smaller ones are its first images, hard-linked
+    sides: tuple[int, int] = (synth.MIN_SIDE, synth.MAX_SIDE)  # generated images' sides, px
     runs: dict[tuple[str, int], StageRun] = field(default_factory=dict)
 
     def dataset(self, n: int) -> Path:
         """The ImageFolder of images 0..n-1."""
         full = synth.make_dataset(self.root / "datasets" / f"n{self.largest}",
-                                  range(self.largest), DATA_SEED)
+                                  range(self.largest), DATA_SEED, sides=self.sides)
         if n == self.largest:
             return full
         return synth.make_dataset(self.root / "datasets" / f"n{n}", range(n), DATA_SEED,
-                                  link_from=full)
+                                  link_from=full, sides=self.sides)
 
     def run_dir(self, n: int) -> Path:
         return self.root / "runs" / f"n{n}"

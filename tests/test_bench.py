@@ -84,6 +84,12 @@ def test_tiny_run_reports_every_target_with_figures_and_verdicts_from_them(
     for stage in ("prepare", "extract", "train_head"):
         assert all(growth["seconds"][stage][n] > 0 for n in ("40", "80")), stage
         assert all(growth["peak_rss_mb"][stage][n] > 0 for n in ("40", "80")), stage
+    for folder in ("data/prepared", ".cache/imgpipe"):
+        # 40 or 80 images: a shard or two, and one store per stage plus key.json files.
+        assert all(3 < growth["files"][folder][n] < 12 for n in ("40", "80")), growth["files"]
+        assert growth["disk_mb"][folder]["40"] < growth["disk_mb"][folder]["80"]
+    incremental = {f["name"]: f["value"] for f in targets["incremental_caches"]["figures"]}
+    assert 0 < incremental["prepared bytes dvc push uploads"] <= 1
     markdown = (out / "report.md").read_text()
     for name, target in targets.items():
         assert f"## {name}: {target['verdict']}" in markdown
