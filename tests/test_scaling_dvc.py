@@ -1,17 +1,21 @@
 """Scaling out under real `dvc` commands: caches shared through a DVC remote, and a
 sweep run in parallel on the experiment queue.
 
-One project runs the pipeline and pushes to a local remote; every test works in its own
+One project runs the pipeline and pushes to an S3 bucket (moto's S3 server on 127.0.0.1,
+through DVC's S3 plugin: what a team with a bucket runs); every test works in its own
 fresh clone of it, as another machine would.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 from dvc_project import (
@@ -35,11 +39,48 @@ SWEEP = {"sweep-c01": 0.1, "sweep-c10": 10.0}  # experiment name -> its one trai
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """An S3 bucket on moto's server, and a client to count what is in it."""
+
+    name: str
+    endpoint: str
+    client: object  # boto3's S3 client
+
+    def objects(self) -> dict[str, int]:
+        """Every object's key -> its size in bytes."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
+        return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+@pytest.fixture(scope="module")
+def bucket() -> Iterator[Bucket]:
+    boto3 = pytest.importorskip("boto3", reason="make setup installs the dev extra")
+    server_module = pytest.importorskip("moto.server", reason="make setup installs moto[server]")
+    with socket.socket() as probe:  # a free port on the loopback interface
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as patch:  # dvc subprocesses inherit these
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            patch.setenv(name, "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="imgpipe")
+        try:
+            yield Bucket("imgpipe", endpoint, client)
+        finally:
+            server.stop()
+
+
+@dataclass(frozen=True)
 class Pushed:
-    """A project that ran the pipeline and pushed its results to a local DVC remote."""
+    """A project that ran the pipeline and pushed its results to the S3 bucket."""
 
     project: Path
     unlocked_rev: str  # the commit before `dvc.lock`: results only in the pushed run-cache
+    bucket: Bucket
 
     def clone(self, name: str, rev: str | None = None) -> Path:
         clone = self.project.parent / name
@@ -50,17 +91,18 @@ class Pushed:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> Pushed:
+def pushed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path, bucket: Bucket) -> Pushed:
     root = tmp_path_factory.mktemp("shared")
     project = make_project(root / "project", digits_dir)
-    dvc(project, "remote", "add", "-d", "shared", str(root / "remote"))
+    dvc(project, "remote", "add", "-d", "shared", f"s3://{bucket.name}/dvc")
+    dvc(project, "remote", "modify", "shared", "endpointurl", bucket.endpoint)
     run(project, "git", "commit", "-q", "-am", "shared remote")  # clones get the remote
     unlocked_rev = run(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert stages_run(dvc(project, "repro").stdout) == set(STAGES)
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-q", "-m", "results")
     dvc(project, "push", "--run-cache")
-    return Pushed(project, unlocked_rev)
+    return Pushed(project, unlocked_rev, bucket)
 
 
 def _assert_same_files(clone: Path, project: Path, *paths: str) -> None:
@@ -102,6 +144,39 @@ def test_without_dvc_lock_the_remote_run_cache_restores_only_fully_cached_stages
     assert stages_run(result.stdout) == {"prepare"}
     _assert_same_files(clone, pushed.project, "data/features/train.npz",
                        "data/prepared/manifest.csv")
+
+
+def _add_numbered_images(folder: Path, classes: list[str], start: int) -> None:
+    """One new image per class, named after the existing ones (numbered exports)."""
+    from PIL import Image
+
+    for offset, name in enumerate(classes):
+        pixels = np.random.default_rng(start + offset).integers(0, 255, (32, 32, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / name / f"{start + offset:04d}.png")
+
+
+def test_a_push_after_adding_images_uploads_only_the_shards_they_land_in(
+        pushed: Pushed) -> None:
+    clone = pushed.clone("clone-grow")
+    params = clone / "params.yaml"
+    params.write_text(params.read_text().replace("shard_size: 1000", "shard_size: 4"))
+    dvc(clone, "repro", "prepare")
+    dvc(clone, "push", "prepare")
+    before = pushed.bucket.objects()
+    shards = sorted((clone / "data" / "prepared" / "shards").iterdir())
+    prepared_bytes = sum(p.stat().st_size for p in (clone / "data" / "prepared").rglob("*")
+                         if p.is_file())
+    classes = sorted(p.name for p in (clone / "data" / "tiny").iterdir() if p.is_dir())
+    _add_numbered_images(clone / "data" / "tiny", classes, start=9000)
+    dvc(clone, "repro", "prepare")
+    dvc(clone, "push", "prepare")
+    after = pushed.bucket.objects()
+    uploaded = {key: size for key, size in after.items() if key not in before}
+    assert len(shards) >= 6  # 30 images, 4 at most per shard
+    # New: the shard(s) the three images landed in, the manifest, and DVC's listing of
+    # the folder (a .dir object); every other shard is already in the bucket.
+    assert 3 <= len(uploaded) <= 5, uploaded
+    assert sum(uploaded.values()) < 0.5 * prepared_bytes, (uploaded, prepared_bytes)
 
 
 def _queue_logs(project: Path) -> dict[str, str]:
