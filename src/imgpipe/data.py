@@ -70,7 +70,8 @@ def forward_all(module: nn.Module, items: Sequence[Any], transform: Transform,
     # Inference runtimes take plain (B, 3, S, S) arrays: a channels-last copy would only
     # be copied back.
     layout = getattr(module, "input_memory_format", torch.channels_last)
-    outputs = []
+    outputs = np.zeros((0, 0), dtype=np.float32)
+    done = 0
     with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
         for images, _ in tqdm(prefetched(loader, PREFETCH_BATCHES), desc=desc, unit="batch",
                               total=len(loader), mininterval=2.0, disable=len(loader) < 2):
@@ -79,10 +80,12 @@ def forward_all(module: nn.Module, items: Sequence[Any], transform: Transform,
                 images = torch.cat([images, images.new_zeros(batch_size - count,
                                                              *images.shape[1:])])
             images = images.to(device).contiguous(memory_format=layout)
-            outputs.append(module(images)[:count].float().cpu())
-    if not outputs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outputs).numpy()
+            batch = module(images)[:count].float().cpu().numpy()
+            if done == 0:  # one (N, K) array, filled in place: no second copy at the end
+                outputs = np.empty((len(items), *batch.shape[1:]), dtype=np.float32)
+            outputs[done:done + count] = batch
+            done += count
+    return outputs
 
 
 class _Failed:
@@ -147,6 +150,9 @@ def forward_sharded(module: nn.Module, items: Sequence[Any], transform: Transfor
     every worker must call it. Returns the (N, K) outputs on rank 0, None elsewhere.
     """
     items = list(items)
+    if ranks.world == 1:  # alone: no split and merge (and no second copy of the outputs)
+        return forward_all(module, items, transform, batch_size, desc, device=device,
+                           pad_last=pad_last)
     starts = list(range(0, len(items), batch_size))[ranks.rank::ranks.world]
     mine = [item for start in starts for item in items[start:start + batch_size]]
     outputs = forward_all(module, mine, transform, batch_size, desc, device=device,

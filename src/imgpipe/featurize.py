@@ -123,8 +123,13 @@ def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Seque
                                pad_last=True)
     if not ranks.main:
         return info, None
-    features = np.empty((len(images), info.feature_dim), dtype=np.float32)
-    features[todo] = computed.reshape(len(todo), info.feature_dim)
+    computed = computed.reshape(len(todo), info.feature_dim)
+    if len(todo) == len(images):  # todo is every row, in order: no second (N, D) array
+        features = computed
+    else:
+        features = np.empty((len(images), info.feature_dim), dtype=np.float32)
+        features[todo] = computed
+    del computed
     if store is not None:
         _fill_from_store(store, keys, todo, features)
         store.close()

@@ -77,7 +77,9 @@ def _list_image_folder(root: Path) -> tuple[list[Sample], list[Skipped]]:
 
 
 def _list_csv(manifest: Path) -> tuple[list[Sample], list[Skipped]]:
-    root = manifest.parent.resolve()
+    """The CSV's rows, read one at a time (a million rows never sit in memory as text)."""
+    samples: dict[str, Sample] = {}
+    skipped: list[Skipped] = []
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -85,32 +87,35 @@ def _list_csv(manifest: Path) -> tuple[list[Sample], list[Skipped]]:
             if missing:
                 raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; the CSV "
                                 f"needs a header with {','.join(CSV_COLUMNS)}")
-            rows = list(reader)
+            for line, row in enumerate(reader, start=2):
+                _add_row(manifest.parent.resolve(), line, row, samples, skipped)
     except UnicodeDecodeError as error:
         raise DataError(f"{manifest} is not UTF-8 text ({error}); save it as UTF-8 CSV") from error
-    samples: dict[str, Sample] = {}
-    skipped: list[Skipped] = []
-    for line, row in enumerate(rows, start=2):
-        relpath, label = (row["path"] or "").strip(), (row["label"] or "").strip()
-        where = relpath or f"line {line}"
-        try:
-            path = (root / relpath).resolve()
-            is_file = path.is_file()
-        except (OSError, ValueError) as error:  # NUL bytes, names too long
-            skipped.append(Skipped(where, f"line {line}: invalid path ({error})", broken=True))
-            continue
-        if not relpath or not label:
-            skipped.append(Skipped(where, f"line {line}: empty path or label", broken=True))
-        elif not path.is_relative_to(root):
-            skipped.append(Skipped(where, f"line {line}: path leaves the dataset folder {root}",
-                                   broken=True))
-        elif not is_file:
-            skipped.append(Skipped(where, f"line {line}: file not found", broken=True))
-        elif path.as_posix() in samples:
-            kept = samples[path.as_posix()]
-            reason = "duplicate row" if kept.label == label else (
-                f"listed again with another label ({kept.label!r} kept)")
-            skipped.append(Skipped(where, f"line {line}: {reason}"))
-        else:
-            samples[path.as_posix()] = Sample(path, label, relpath)
     return sorted(samples.values(), key=lambda s: s.relpath), skipped
+
+
+def _add_row(root: Path, line: int, row: dict[str, str | None], samples: dict[str, Sample],
+             skipped: list[Skipped]) -> None:
+    """Keep one CSV row as a sample, or say in `skipped` why not."""
+    relpath, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+    where = relpath or f"line {line}"
+    try:
+        path = (root / relpath).resolve()
+        is_file = path.is_file()
+    except (OSError, ValueError) as error:  # NUL bytes, names too long
+        skipped.append(Skipped(where, f"line {line}: invalid path ({error})", broken=True))
+        return
+    if not relpath or not label:
+        skipped.append(Skipped(where, f"line {line}: empty path or label", broken=True))
+    elif not path.is_relative_to(root):
+        skipped.append(Skipped(where, f"line {line}: path leaves the dataset folder {root}",
+                               broken=True))
+    elif not is_file:
+        skipped.append(Skipped(where, f"line {line}: file not found", broken=True))
+    elif path.as_posix() in samples:
+        kept = samples[path.as_posix()]
+        reason = "duplicate row" if kept.label == label else (
+            f"listed again with another label ({kept.label!r} kept)")
+        skipped.append(Skipped(where, f"line {line}: {reason}"))
+    else:
+        samples[path.as_posix()] = Sample(path, label, relpath)
