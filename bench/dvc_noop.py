@@ -30,7 +30,7 @@ from scripts.repo_copy import run as _run
 from bench.child import REPO_ROOT
 from bench.report import Check, Target
 from bench.workspace import Workspace
-from imgpipe.params_check import load_params
+from imgpipe.params_check import Params, load_params
 
 _logger = logging.getLogger(__name__)
 GOAL_SECONDS, GOAL_RATIO = 3.0, 1.5
@@ -51,10 +51,15 @@ def _git_commit(project: Path, message: str) -> None:
     run(project, "git", "commit", "-q", "-m", message)
 
 
-def make_pipeline_project(project: Path, source: Path) -> Path:
-    """A git + DVC copy of the repository (committed params) whose data.source is `source`."""
-    return copy_repository(project, lambda params: params["data"].update(
-        source=str(source), classes=None), "pipeline project")
+def make_pipeline_project(project: Path, source: Path, sizes: Params) -> Path:
+    """A git + DVC copy of the repository (committed params) whose data.source is `source`,
+    with the image sizes of `sizes` (the benchmark's params: `--small` changes them)."""
+    def change(params: dict) -> None:
+        params["data"].update(source=str(source), classes=None)
+        params["prepare"]["image_size"] = sizes.prepare.image_size
+        params["backbone"]["input_size"] = sizes.backbone.input_size
+
+    return copy_repository(project, change, "pipeline project")
 
 
 def make_baseline_project(project: Path, source: Path | None = None) -> Path:
@@ -102,10 +107,14 @@ def reuse_outputs(project: Path, workspace: Workspace, n: int) -> bool:
     return True
 
 
-def noop_seconds(project: Path) -> float:
-    """Wall time of one `dvc repro` that must run no stage (interpreter start included)."""
+AFTER_PREPARE = ("extract", "train_head", "finetune_full", "evaluate")
+
+
+def noop_seconds(project: Path, *targets: str) -> float:
+    """Wall time of one `dvc repro` (of `targets` alone, `--single-item`, when given) that
+    must run no stage (interpreter start included)."""
     start = time.perf_counter()
-    output = dvc(project, "repro")
+    output = dvc(project, "repro", *(("--single-item", *targets) if targets else ()))
     seconds = time.perf_counter() - start
     ran = re.findall(r"Running stage '(\w+)'", output)
     if ran:
@@ -132,7 +141,7 @@ def measure(workspace: Workspace, n: int, rounds: int) -> Target:
     root = workspace.root / "dvc"
     if root.exists():
         shutil.rmtree(root)
-    pipeline = make_pipeline_project(root / "pipeline", workspace.dataset(n))
+    pipeline = make_pipeline_project(root / "pipeline", workspace.dataset(n), workspace.params)
     baselines = {"one-stage": make_baseline_project(root / "one_stage", workspace.dataset(n)),
                  "one-file": make_baseline_project(root / "one_file")}
     reused = reuse_outputs(pipeline, workspace, n)
@@ -144,21 +153,26 @@ def measure(workspace: Workspace, n: int, rounds: int) -> Target:
     for project in baselines.values():
         dvc(project, "repro")
     projects = {"pipeline": pipeline, **baselines}
-    times: dict[str, list[float]] = {name: [] for name in projects}
+    times: dict[str, list[float]] = {name: [] for name in (*projects, "after prepare")}
     for _ in range(rounds):
         for name, project in projects.items():
             times[name].append(noop_seconds(project))
+        times["after prepare"].append(noop_seconds(pipeline, *AFTER_PREPARE))
         _logger.info("dvc no-op: %s", ", ".join(f"{name} {t[-1]:.2f} s"
                                                  for name, t in times.items()))
     median = {name: statistics.median(t) for name, t in times.items()}
     target.add("pipeline no-op", median["pipeline"])
     target.add("one-stage no-op", median["one-stage"])
     target.add("ratio", median["pipeline"] / median["one-stage"], "x")
+    target.add("stages after prepare no-op", median["after prepare"])
     target.add("one-file no-op", median["one-file"])
     target.add("ratio to one-file", median["pipeline"] / median["one-file"], "x")
     target.notes += [
         f"`python -m dvc repro` wall time, interpreter start included, {rounds} alternating "
         "run(s) per project, median; each checked to run no stage.",
+        "stages after prepare: `dvc repro --single-item " + " ".join(AFTER_PREPARE)
+        + "`, what the stages that read data/prepared's index files (not its shards, not "
+        "the source) cost DVC to check.",
         f"one-stage: `cp -r` of the same {n:,}-image folder (a folder dependency and a folder "
         "output, as prepare has): the bar. one-file: `cp a b` on a one-line file, DVC's "
         "start-up alone, for context.",
