@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class Workspace:
     def prepared(self, n: int) -> Path:
         out_dir = self.run_dir(n) / "prepared"
         if ("prepare", n) not in self.runs:
+            # From an empty cache, even when --work kept an earlier run's: the full runs
+            # are the baseline of the incremental target.
+            shutil.rmtree(self.cache_dir(n), ignore_errors=True)
             self._run("prepare", n, self.prepare_kwargs(self.dataset(n), out_dir,
                                                         self.run_dir(n) / "metrics",
                                                         self.cache_dir(n)))
