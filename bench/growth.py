@@ -31,7 +31,8 @@ def measure_growth(workspace: Workspace, sizes: list[int]) -> dict:
         "notes": "each stage function in a fresh Python process (imports excluded from the "
                  "time, included in the memory), params.yaml defaults, an empty per-image "
                  "cache_dir when the stage takes one (as dvc.yaml passes it); synthetic "
-                 "ImageFolder of 160-400 px JPEGs and PNGs in 10 classes",
+                 f"ImageFolder of {workspace.sides[0]}-{workspace.sides[1]} px JPEGs and PNGs "
+                 f"in 10 classes, prepared at {workspace.params.prepare.image_size} px",
     }
 
 
