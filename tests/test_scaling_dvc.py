@@ -54,24 +54,25 @@ class Bucket:
 
 @pytest.fixture(scope="module")
 def bucket() -> Iterator[Bucket]:
-    boto3 = pytest.importorskip("boto3", reason="make setup installs the dev extra")
-    server_module = pytest.importorskip("moto.server", reason="make setup installs moto[server]")
+    import boto3  # the dev extra, as make setup installs it: dvc-s3 and moto[server]
+    from moto.server import ThreadedMotoServer
+
     with socket.socket() as probe:  # a free port on the loopback interface
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    with pytest.MonkeyPatch.context() as patch:  # dvc subprocesses inherit these
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            patch.setenv(name, "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket="imgpipe")
-        try:
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # dvc subprocesses inherit these
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                patch.setenv(name, "testing")
+            patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            endpoint = f"http://127.0.0.1:{port}"
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            client.create_bucket(Bucket="imgpipe")
             yield Bucket("imgpipe", endpoint, client)
-        finally:
-            server.stop()
+    finally:
+        server.stop()
 
 
 @dataclass(frozen=True)
