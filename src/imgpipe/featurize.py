@@ -117,6 +117,8 @@ def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Seque
     if store is not None:
         _logger.info("%d of %d images have cached features (%s)", len(images) - len(todo),
                      len(images), store.folder)
+        if not ranks.main:  # only rank 0 reads and writes rows
+            store.close()
     transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
     computed = forward_sharded(trunk, [images[i] for i in todo], transform,
                                settings.batch_size, "extract", ranks, device=device,
@@ -131,8 +133,10 @@ def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Seque
         features[todo] = computed
     del computed
     if store is not None:
-        _fill_from_store(store, keys, todo, features)
-        store.close()
+        try:
+            _fill_from_store(store, keys, todo, features)
+        finally:
+            store.close()
     return info, features
 
 
