@@ -25,8 +25,8 @@ from bench.report import Check, Target
 from imgpipe.backbones import Backbone, build_backbone
 from imgpipe.data import ImageDataset
 from imgpipe.features import load_split
-from imgpipe.head import fit_linear_probe
 from imgpipe.manifest import read_classes, read_manifest
+from imgpipe.probe import fit_linear_probe
 from stages.train_head import train_head
 
 _logger = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from imgpipe import head  # noqa: E402
+from imgpipe import probe as fitting  # noqa: E402
 from imgpipe.backbone_info import BackboneInfo  # noqa: E402
 from imgpipe.features import FeatureSet, load_split  # noqa: E402
 from imgpipe.manifest import read_classes  # noqa: E402
@@ -68,15 +69,15 @@ def main() -> None:
     else:
         classes, train, val, c_grid = list("abcde"), synthetic(0, 40), synthetic(1, 20), C_GRID
     unrounded: list[np.ndarray] = []
-    margin = head.boundary_margin
+    margin = fitting.boundary_margin
 
     def record(values: np.ndarray) -> float:  # fit_linear_probe passes the unrounded fit
         unrounded.append(np.array(values, dtype=np.float64))
         return margin(values)
 
-    head.boundary_margin = record
+    fitting.boundary_margin = record
     with threadpool_limits(args.threads):
-        probe = head.fit_linear_probe(train, val, len(classes), c_grid, max_iter=1000)
+        probe = fitting.fit_linear_probe(train, val, len(classes), c_grid, max_iter=1000)
     args.out.mkdir(parents=True, exist_ok=True)
     head.save_head(args.out / "head.pt", probe, classes, INFO)
     np.savez(args.out / "unrounded.npz", *unrounded)

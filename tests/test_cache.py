@@ -209,4 +209,29 @@ def test_extract_recomputes_for_another_backbone_input_size_or_prepared_image(
     run_extract(prepared, tmp_path / "d", cache, input_size=96)
     resized = run_prepare(datasets["base"], tmp_path / "e", cache, image_size=48)
     run_extract(resized, tmp_path / "e", cache)  # other pixels: other content hashes
-    assert forwarded == [30, 0, 30, 30, 30]
+    assert forwarded == [30, 30, 30, 30]  # the all-cached run (b) sent nothing through
+
+
+def test_an_interrupted_extract_keeps_the_pieces_it_finished(
+        datasets, tmp_path: Path, forwarded: list[int], monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    prepared = run_prepare(datasets["base"], tmp_path / "a", cache)
+    monkeypatch.setattr(imgpipe.featurize, "_PIECE_IMAGES", 16)  # two batches of 8 a piece
+    counting = imgpipe.featurize.forward_sharded
+
+    def failing_second(module, items, *args, **kwargs):
+        if len(forwarded) == 1:
+            raise KeyboardInterrupt  # the user stops extract during the second piece
+        return counting(module, items, *args, **kwargs)
+
+    monkeypatch.setattr(imgpipe.featurize, "forward_sharded", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(prepared, tmp_path / "a", cache)
+    assert not (tmp_path / "a" / "features").exists()  # nothing half-written
+    monkeypatch.setattr(imgpipe.featurize, "forward_sharded", counting)
+    run_extract(prepared, tmp_path / "a", cache)
+    assert forwarded == [16, 14]  # the first piece came from the cache
+    whole = run_extract(prepared, tmp_path / "b", cache_dir=None)
+    for split in SPLITS:
+        assert np.array_equal(load_split(whole, split).features,
+                              load_split(tmp_path / "a" / "features", split).features)

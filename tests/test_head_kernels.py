@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgpipe.head import COEF_DECIMALS
+from imgpipe.probe import COEF_DECIMALS
 
 # Child processes running whole stages: in `make test` and CI, not `make test-fast`.
 pytestmark = pytest.mark.slow

@@ -78,7 +78,8 @@ CODE_EDITS = {
     "src/imgpipe/augment.py": {"finetune_full"},  # the augmentation
     "src/imgpipe/finetune.py": {"finetune_full"},  # the fine-tuning loop
     "src/imgpipe/optim.py": {"finetune_full"},
-    "src/imgpipe/head.py": {"train_head", "finetune_full"},  # the probe
+    "src/imgpipe/head.py": {"train_head", "finetune_full"},  # the saved head's format
+    "src/imgpipe/probe.py": {"train_head"},  # fitting the probe: fine-tuning does not rerun
     "src/imgpipe/tracking.py": {"evaluate"},  # MLflow logging
     "src/imgpipe/pyfunc.py": {"evaluate"},
     "src/imgpipe/featurize.py": {"extract"},

@@ -20,7 +20,7 @@ import imgpipe.runtimes
 from imgpipe.backbones import build_backbone, inference_trunk
 from imgpipe.errors import ParamsError
 from imgpipe.exported import ExportKey
-from imgpipe.featurize import FeatureSettings, cache_key, image_features
+from imgpipe.featurize import FeatureSettings, cache_key, feature_rows
 from imgpipe.params import load_section
 from imgpipe.params_extract import ExtractParams, Precision, Runtime
 from imgpipe.runtimes import load_runner
@@ -75,6 +75,12 @@ _SETTINGS = FeatureSettings("efficientnet_lite0", pretrained=True, weights=None,
                             input_size=SIZE, batch_size=BATCH, runtime="openvino")
 
 
+def features_of(images: list, keys: list[str], cache_dir: Path | None = None) -> np.ndarray:
+    """Every image's feature row, in order, as one (N, D) array."""
+    with feature_rows(_SETTINGS, images, keys, cache_dir=cache_dir) as (_, rows):
+        return np.concatenate(list(rows.chunks(range(len(keys)), len(keys))))
+
+
 def test_two_runs_give_byte_identical_features_and_the_second_does_not_export(
         image_files: list[Path], tmp_path: Path, monkeypatch) -> None:
     keys = [f"{i:016x}" for i in range(len(image_files))]
@@ -83,10 +89,10 @@ def test_two_runs_give_byte_identical_features_and_the_second_does_not_export(
     monkeypatch.setattr(imgpipe.exported, "_export",
                         lambda trunk, key, path: (exports.append(path),
                                                   real_export(trunk, key, path)))
-    _, first = image_features(_SETTINGS, image_files, keys, cache_dir=tmp_path / "a")
-    _, second = image_features(_SETTINGS, image_files, keys, cache_dir=tmp_path / "b")
+    first = features_of(image_files, keys, cache_dir=tmp_path / "a")
+    second = features_of(image_files, keys, cache_dir=tmp_path / "b")
     assert len(exports) == 2  # two cache folders: exported into each
-    _, third = image_features(_SETTINGS, image_files, keys[::-1], cache_dir=tmp_path / "a")
+    third = features_of(image_files, keys[::-1], cache_dir=tmp_path / "a")
     assert len(exports) == 2, "the exported model was not reused"
     assert first.tobytes() == second.tobytes() == third[::-1].tobytes()
     assert list((tmp_path / "a" / "exported").glob("*/model.onnx"))
@@ -94,8 +100,8 @@ def test_two_runs_give_byte_identical_features_and_the_second_does_not_export(
 
 def test_features_do_not_depend_on_batch_mates(image_files: list[Path]) -> None:
     keys = [f"{i:016x}" for i in range(len(image_files))]
-    _, together = image_features(_SETTINGS, image_files, keys)
-    _, alone = image_features(_SETTINGS, image_files[4:], keys[4:])  # padded with a blank
+    together = features_of(image_files, keys)
+    alone = features_of(image_files[4:], keys[4:])  # padded with a blank
     assert together[4].tobytes() == alone[0].tobytes()
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from imgpipe.transforms import eval_transform
 _logger = logging.getLogger(__name__)
 CACHE_KIND = "features"
 ROW_DTYPE = np.dtype("<f4")  # cached rows: little-endian float32 bytes
+_PIECE_IMAGES = 8192  # images per forward pass between stores: 40 MiB of 1,280-d rows
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,46 @@ def cache_key(settings: FeatureSettings) -> dict[str, Any]:
             "code": code_digests(__name__)}
 
 
-def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Sequence[str],
-                   ranks: Ranks = ALONE, cache_dir: Path | None = None,
-                   ) -> tuple[BackboneInfo, np.ndarray | None]:
-    """Pooled penultimate features of the images (ShardMembers), in order: (N, D) float32.
+@dataclass(frozen=True)
+class StoredRows:
+    """Every image's feature row, in the store: read back a block of rows at a time."""
+
+    store: ItemStore
+    keys: Sequence[str]  # content id of each image, in the caller's order
+    dim: int  # D
+
+    def chunks(self, indices: Sequence[int], step: int) -> Iterator[np.ndarray]:
+        """The rows of the images at `indices`, in that order: (<= step, D) float32 blocks."""
+        for start in range(0, len(indices), step):
+            part = indices[start:start + step]
+            block = np.empty((len(part), self.dim), dtype=np.float32)
+            wanted: dict[str, list[int]] = defaultdict(list)  # key -> rows of the block
+            for row, index in enumerate(part):
+                wanted[self.keys[index]].append(row)
+            for key, value in self.store.get_many(list(wanted)):
+                block[wanted.pop(key)] = np.frombuffer(value, dtype=ROW_DTYPE)
+            if wanted:  # the cache folder was deleted while extract ran
+                raise PipelineError(f"{len(wanted)} cached feature rows vanished from "
+                                    f"{self.store.folder} during extract: run `dvc repro "
+                                    "extract` again")
+            yield block
+
+
+@contextmanager
+def feature_rows(settings: FeatureSettings, images: Sequence[Any], keys: Sequence[str],
+                 ranks: Ranks = ALONE, cache_dir: Path | None = None,
+                 ) -> Iterator[tuple[BackboneInfo, StoredRows | None]]:
+    """Pooled penultimate features of the images (ShardMembers), kept in a row store.
 
     Collective under torchrun: every worker computes its share of the batches. With
     `cache_dir`, only images whose key (content hash) has no cached vector go through
-    the network, and the new vectors are stored.
+    the network, and the new vectors are stored there; without it, in a temporary store
+    removed on exit. Images go through the network `_PIECE_IMAGES` at a time and each
+    piece is stored at once: memory stays bounded at any N, and an interrupted run keeps
+    the pieces it finished.
 
-    Returns:
-        The backbone's identity, and the features on rank 0 (None on other ranks).
+    Yields:
+        The backbone's identity, and on rank 0 the rows (None on other ranks).
     """
     device = resolve_device(settings.device)
     backbone = build_backbone(settings.backbone, pretrained=settings.pretrained,
@@ -108,50 +140,38 @@ def image_features(settings: FeatureSettings, images: Sequence[Any], keys: Seque
         "(OMP_NUM_THREADS), or set extract.runtime explicitly")
     settings = replace(settings, runtime=runtime)
     _logger.info("runtime %s %s, %s", runtime, version(runtime), settings.precision)
-    store, todo = None, list(range(len(images)))
-    if cache_dir is not None:
-        store = ItemStore(cache_dir, CACHE_KIND, cache_key(settings))
-        missing = store.missing(keys)
-        todo = [i for i, key in enumerate(keys) if key in missing]
-    todo = distributed.from_main(todo)  # node 0's cache decides what every worker shares out
-    if store is not None:
-        _logger.info("%d of %d images have cached features (%s)", len(images) - len(todo),
-                     len(images), store.folder)
+    with ExitStack() as cleanup:
+        store, todo = None, list(range(len(images)))
+        if cache_dir is not None:
+            store = ItemStore(cache_dir, CACHE_KIND, cache_key(settings))
+            cleanup.callback(store.close)
+            missing = store.missing(keys)
+            todo = [i for i, key in enumerate(keys) if key in missing]
+        todo = distributed.from_main(todo)  # node 0's cache decides what every worker shares out
+        if store is not None:
+            _logger.info("%d of %d images have cached features (%s)", len(images) - len(todo),
+                         len(images), store.folder)
         if not ranks.main:  # only rank 0 reads and writes rows
-            store.close()
-    transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
-    computed = forward_sharded(trunk, [images[i] for i in todo], transform,
-                               settings.batch_size, "extract", ranks, device=device,
-                               pad_last=True)
-    if not ranks.main:
-        return info, None
-    computed = computed.reshape(len(todo), info.feature_dim)
-    if len(todo) == len(images):  # todo is every row, in order: no second (N, D) array
-        features = computed
-    else:
-        features = np.empty((len(images), info.feature_dim), dtype=np.float32)
-        features[todo] = computed
-    del computed
-    if store is not None:
-        try:
-            _fill_from_store(store, keys, todo, features)
-        finally:
-            store.close()
-    return info, features
-
-
-def _fill_from_store(store: ItemStore, keys: Sequence[str], computed: list[int],
-                     features: np.ndarray) -> None:
-    """Store the computed rows; read every other row from the store."""
-    store.put((keys[i], features[i].astype(ROW_DTYPE).tobytes()) for i in computed)
-    rows: dict[str, list[int]] = defaultdict(list)  # key -> rows it fills
-    for i in sorted(set(range(len(keys))) - set(computed)):
-        rows[keys[i]].append(i)
-    for key, value in store.get_many(list(rows)):
-        features[rows.pop(key)] = np.frombuffer(value, dtype=ROW_DTYPE)
-    if rows:  # the cache folder was deleted while extract ran
-        raise PipelineError(f"{len(rows)} cached feature rows vanished from {store.folder} "
-                            "during extract: run `dvc repro extract` again")
+            cleanup.close()
+            store = None
+        elif store is None:
+            scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="extract-")))
+            store = ItemStore(scratch, CACHE_KIND, {})
+            cleanup.callback(store.close)
+        transform = eval_transform(backbone.input_size, backbone.mean, backbone.std)
+        step = settings.batch_size * ranks.world  # whole rounds of batches: the same batches
+        step *= max(1, _PIECE_IMAGES // step)
+        pieces = -(-len(todo) // step)
+        for number, start in enumerate(range(0, len(todo), step), 1):
+            part = todo[start:start + step]
+            computed = forward_sharded(trunk, [images[i] for i in part], transform,
+                                       settings.batch_size,
+                                       "extract" if pieces == 1 else f"extract {number}/{pieces}",
+                                       ranks, device=device, pad_last=True)
+            if store is not None:
+                rows = computed.reshape(len(part), info.feature_dim)
+                store.put((keys[i], row.astype(ROW_DTYPE).tobytes()) for i, row in zip(part, rows))
+        yield info, (None if store is None else StoredRows(store, keys, info.feature_dim))
 
 
 def _digest(keys: Sequence[str]) -> str:

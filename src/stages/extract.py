@@ -2,11 +2,12 @@
 
 Reads `backbone.*`, `extract.*`, `device` and `distributed.*`. Writes one .npz per split
 and the backbone's identity and the class names into the features folder (see
-imgpipe.features). With `distributed.nproc_per_node` above 1 the batches are shared out
-among torchrun workers and merged in order: the same features as one process. With a
-cache folder, each image's features are also kept there under the prepared image's
-content hash (the manifest's sha256, which prepare computed) and the backbone's
-identity, so a later run computes only new images.
+imgpipe.features), a chunk of rows at a time: memory does not grow with N. With
+`distributed.nproc_per_node` above 1 the batches are shared out among torchrun workers
+and merged in order: the same features as one process. Each image's features are kept
+in a row store under the prepared image's content hash (the manifest's sha256, which
+prepare computed) and the backbone's identity: with a cache folder that store persists,
+so a later run computes only new images.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from imgpipe import distributed, stage
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.distributed import ALONE, Ranks
-from imgpipe.features import FeatureSet, save_backbone_info, save_split
-from imgpipe.featurize import FeatureSettings, image_features
+from imgpipe.features import chunk_rows, save_backbone_info, save_split
+from imgpipe.featurize import FeatureSettings, feature_rows
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import CLASSES_NAME, read_classes, read_manifest
 from imgpipe.params import BackboneParams, DistributedParams, RunParams, load_section
@@ -51,20 +52,19 @@ def extract(*, prepared_dir: Path, features_dir: Path, backbone_name: str, pretr
     table = pd.concat([read_manifest(prepared_dir, split) for split in SPLITS],
                       ignore_index=True)
     keys = [sha[:16] for sha in table["sha256"]]  # prepare hashed every image
-    info, features = image_features(settings, list(table["image"]), keys, ranks, cache_dir)
-    if not ranks.main:
-        return info
-    with atomic_path(features_dir) as staging:
-        staging.mkdir()
-        for split in SPLITS:
-            rows = (table["split"] == split).to_numpy()
-            save_split(staging, split, FeatureSet(
-                features[rows].reshape(int(rows.sum()), info.feature_dim),
-                table["label_index"][rows].to_numpy(np.int64),
-                table["image_id"][rows].to_numpy(str)))
-            _logger.info("%s: %d images", split, int(rows.sum()))
-        save_backbone_info(staging, info)
-        write_json(staging / CLASSES_NAME, read_classes(prepared_dir))
+    with feature_rows(settings, list(table["image"]), keys, ranks, cache_dir) as (info, rows):
+        if rows is None:  # a worker: rank 0 writes
+            return info
+        labels, image_ids = table["label_index"].to_numpy(np.int64), table["image_id"].to_numpy(str)
+        with atomic_path(features_dir) as staging:
+            staging.mkdir()
+            for split in SPLITS:  # streamed from the store: never every feature in memory
+                index = np.flatnonzero((table["split"] == split).to_numpy())
+                save_split(staging, split, labels[index], image_ids[index], info.feature_dim,
+                           rows.chunks(index, chunk_rows(info.feature_dim)))
+                _logger.info("%s: %d images", split, len(index))
+            save_backbone_info(staging, info)
+            write_json(staging / CLASSES_NAME, read_classes(prepared_dir))
     return info
 
 

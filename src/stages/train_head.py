@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from imgpipe import stage
-from imgpipe.features import load_backbone_info, load_split
-from imgpipe.head import fit_linear_probe, save_head
+from imgpipe.features import load_backbone_info, open_split
+from imgpipe.head import save_head
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import read_classes
 from imgpipe.params import ClassBalance, RunParams, SelectBy, load_section
 from imgpipe.params_head import TrainHeadParams
+from imgpipe.probe import fit_linear_probe
 
 _logger = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
                select_by: SelectBy = "accuracy", class_balance: ClassBalance = "none") -> dict:
     """Fit and save the probe; returns the metrics written to `metrics_path`."""
     classes = read_classes(features_dir)
-    train, val = load_split(features_dir, "train"), load_split(features_dir, "val")
+    # Features stay on disk and are read a chunk of rows at a time (imgpipe.probe).
+    train, val = open_split(features_dir, "train"), open_split(features_dir, "val")
     _logger.info("linear probe: %d parameters (%d classes x %d features + biases), fitted on "
-                 "%d cached train features", len(classes) * (train.features.shape[1] + 1),
-                 len(classes), train.features.shape[1], len(train.labels))
+                 "%d cached train features", len(classes) * (train.dim + 1),
+                 len(classes), train.dim, len(train.labels))
     probe = fit_linear_probe(train, val, len(classes), c_grid, max_iter, select_by,
                              class_balance)
     save_head(head_path, probe, classes, load_backbone_info(features_dir))

@@ -12,15 +12,13 @@ from threadpoolctl import threadpool_limits
 from imgpipe.backbone_info import BackboneInfo
 from imgpipe.errors import DataError
 from imgpipe.features import FeatureSet
-from imgpipe.head import (
+from imgpipe.head import SweepPoint, load_head, save_head
+from imgpipe.probe import (
     COEF_DECIMALS,
     METRIC_DECIMALS,
-    SweepPoint,
     best_point,
     boundary_margin,
     fit_linear_probe,
-    load_head,
-    save_head,
 )
 
 INFO = BackboneInfo("efficientnet_lite0", True, None, 5, 224, [0.5] * 3, [0.5] * 3)
@@ -190,3 +188,30 @@ def test_a_head_file_without_the_penalty_fields_names_the_fix(tmp_path: Path) ->
                tmp_path / "old.pt")
     with pytest.raises(DataError, match="dvc repro train_head"):
         load_probe_penalty(tmp_path / "old.pt")
+
+
+def test_a_split_too_big_to_hold_is_streamed_from_disk_to_the_same_probe(
+        tmp_path: Path, monkeypatch) -> None:
+    import imgpipe.features
+    import imgpipe.probe
+    from imgpipe.features import open_split, save_split
+
+    train, val = blobs(40, 3, seed=0, spread=2.0), blobs(15, 3, seed=1, spread=2.0)
+    held = fit_linear_probe(train, val, 3, c_grid=[0.01, 1.0], max_iter=500)
+    for name, data in (("train", train), ("val", val)):
+        save_split(tmp_path, name, data.labels, data.image_ids, data.dim, [data.features])
+    monkeypatch.setattr(imgpipe.features, "CHUNK_BYTES", 16 * 5 * 4)  # 16-row chunks
+    monkeypatch.setattr(imgpipe.probe, "HOLD_BYTES", 0)  # every pass reads the file
+    reads: list[int] = []
+    real_chunks = imgpipe.features.SplitFile.chunks
+
+    def counted(self):
+        reads.append(1)
+        yield from real_chunks(self)
+
+    monkeypatch.setattr(imgpipe.features.SplitFile, "chunks", counted)
+    streamed = fit_linear_probe(open_split(tmp_path, "train"), open_split(tmp_path, "val"), 3,
+                                c_grid=[0.01, 1.0], max_iter=500)
+    assert len(reads) > 10  # read again on every L-BFGS evaluation, not held
+    assert streamed.weight.tobytes() == held.weight.tobytes()  # same fit, rounded alike
+    assert streamed.sweep == held.sweep
