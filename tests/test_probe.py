@@ -205,9 +205,9 @@ def test_a_split_too_big_to_hold_is_streamed_from_disk_to_the_same_probe(
     reads: list[int] = []
     real_chunks = imgpipe.features.SplitFile.chunks
 
-    def counted(self):
+    def counted(self, reuse=False):
         reads.append(1)
-        yield from real_chunks(self)
+        yield from real_chunks(self, reuse)
 
     monkeypatch.setattr(imgpipe.features.SplitFile, "chunks", counted)
     streamed = fit_linear_probe(open_split(tmp_path, "train"), open_split(tmp_path, "val"), 3,

@@ -12,11 +12,12 @@ the same file bytes.
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -41,8 +42,12 @@ class FeatureRows(Protocol):
     labels: np.ndarray  # (N,) int64 class indices
     dim: int  # D
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """(n, D) float32 blocks of rows, in order, together every row once."""
+    def chunks(self, reuse: bool = False) -> Iterator[np.ndarray]:
+        """(n, D) float32 blocks of rows, in order, together every row once.
+
+        With `reuse`, every block may be a view of one buffer that the next overwrites:
+        for callers that are done with a block before they ask for the next.
+        """
         ...
 
 
@@ -58,7 +63,7 @@ class FeatureSet:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
-    def chunks(self) -> Iterator[np.ndarray]:
+    def chunks(self, reuse: bool = False) -> Iterator[np.ndarray]:
         step = chunk_rows(self.dim)
         for start in range(0, len(self.labels), step):
             yield self.features[start:start + step]
@@ -73,16 +78,17 @@ class SplitFile:
     image_ids: np.ndarray  # (N,) str
     dim: int  # D
 
-    def chunks(self) -> Iterator[np.ndarray]:
+    def chunks(self, reuse: bool = False) -> Iterator[np.ndarray]:
         count, step = len(self.labels), chunk_rows(self.dim)
-        with zipfile.ZipFile(self.path) as archive, archive.open("features.npy") as member:
-            _read_header(member, self.path)
+        buffer = np.empty((min(step, count), self.dim), dtype=ROW_DTYPE)
+        with self.path.open("rb") as handle:
+            handle.seek(_data_offset(self.path, handle))
             for start in range(0, count, step):
                 rows = min(step, count - start)
-                data = member.read(rows * self.dim * ROW_DTYPE.itemsize)
-                if len(data) != rows * self.dim * ROW_DTYPE.itemsize:
+                block = buffer[:rows] if reuse else np.empty((rows, self.dim), ROW_DTYPE)
+                if handle.readinto(memoryview(block).cast("B")) != block.nbytes:
                     raise DataError(f"{self.path} is truncated: run `dvc repro extract` again")
-                yield np.frombuffer(data, dtype=ROW_DTYPE).reshape(rows, self.dim)
+                yield block
 
 
 def save_split(features_dir: Path, split: str, labels: np.ndarray, image_ids: np.ndarray,
@@ -152,7 +158,7 @@ def _member(name: str) -> zipfile.ZipInfo:
     return zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
 
 
-def _read_header(member: zipfile.ZipExtFile, path: Path) -> tuple[int, int]:
+def _read_header(member: BinaryIO, path: Path) -> tuple[int, int]:
     """Check the features header (little-endian float32, C order, 2-d); return its shape."""
     version = np.lib.format.read_magic(member)
     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -162,3 +168,23 @@ def _read_header(member: zipfile.ZipExtFile, path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: features are {dtype} {shape}, not C-ordered float32 rows: "
                         "run `dvc repro extract` again")
     return int(shape[0]), int(shape[1])
+
+
+def _data_offset(path: Path, handle: BinaryIO) -> int:
+    """Where the features array's data starts in the .npz: read in place, not unzipped.
+
+    save_split stores members uncompressed (ZIP_STORED), so the array's bytes sit in the
+    file as they are, after the member's local header and the .npy header.
+    """
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("features.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise DataError(f"{path}: features are compressed: run `dvc repro extract` again")
+    handle.seek(info.header_offset)
+    local = handle.read(30)  # the local file header: signature ... name and extra lengths
+    if local[:4] != b"PK\x03\x04":
+        raise DataError(f"{path} is not a features file: run `dvc repro extract` again")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    handle.seek(info.header_offset + 30 + name_length + extra_length)
+    _read_header(handle, path)  # the .npy header, checked; the rows follow it
+    return handle.tell()

@@ -109,15 +109,20 @@ class Standardised:
     def __init__(self, rows: FeatureRows, mean: np.ndarray, scale: np.ndarray) -> None:
         self._rows, self._mean, self._scale = rows, mean, scale
         fits = len(rows.labels) * rows.dim * np.dtype(np.float64).itemsize <= HOLD_BYTES
-        self._held = list(self._read()) if fits else None
+        self._held = list(self._read(reuse=False)) if fits else None
 
     def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
-        return iter(self._held) if self._held is not None else self._read()
+        """(rows, block) pairs; a streamed block is overwritten by the next one."""
+        return iter(self._held) if self._held is not None else self._read(reuse=True)
 
-    def _read(self) -> Iterator[tuple[slice, np.ndarray]]:
-        start = 0
-        for chunk in self._rows.chunks():
-            block = (chunk.astype(np.float64) - self._mean) / self._scale  # (n, D)
+    def _read(self, reuse: bool) -> Iterator[tuple[slice, np.ndarray]]:
+        start, buffer = 0, np.empty(0)
+        for chunk in self._rows.chunks(reuse=reuse):
+            if not reuse or len(buffer) < len(chunk):
+                buffer = np.empty(chunk.shape)
+            block = buffer[:len(chunk)]  # (n, D) float64, (x - mean) / scale in two passes
+            np.subtract(chunk, self._mean, out=block)
+            np.divide(block, self._scale, out=block)
             yield slice(start, start + len(chunk)), block
             start += len(chunk)
 
@@ -125,13 +130,13 @@ class Standardised:
 def _moments(rows: FeatureRows) -> tuple[np.ndarray, np.ndarray]:
     """Train mean and std per feature (std floored), float64, in two passes over the rows."""
     total, count = np.zeros(rows.dim), 0
-    for chunk in rows.chunks():
+    for chunk in rows.chunks(reuse=True):
         total += chunk.sum(axis=0, dtype=np.float64)
         count += len(chunk)
     mean = total / count
     squares = np.zeros(rows.dim)
-    for chunk in rows.chunks():
-        squares += np.square(chunk.astype(np.float64) - mean).sum(axis=0)
+    for chunk in rows.chunks(reuse=True):
+        squares += np.square(chunk - mean).sum(axis=0)  # float32 - float64: float64
     # Near-dead units (std far below the typical one) would get huge weights once the
     # scaling is folded into the head, and fine-tuning would then blow up on the smallest
     # shift in them: their scale is floored at a fraction of the median std.
