@@ -80,7 +80,7 @@ def test_every_library_file_preparing_an_image_runs_is_hashed_into_its_key(
     hashed = set(code_digests("imgpipe.prepare_image"))
     for _ in range(2):  # decoded and stored, then served from the cache
         called = _library_files_run_by(lambda: [
-            prepare_one(Sample(path, path.name, "a"), settings, store) for path in images])
+            prepare_one(Sample(path.parent, path.name, "a"), settings, store) for path in images])
         assert called - hashed == set(), "run by the computation but not in the cache key"
     assert {"imgpipe/cache.py", "imgpipe/images.py"} <= called
 

@@ -61,6 +61,9 @@ def prepare_one(sample: Sample, settings: PrepareSettings,
                 prepared = square_resize(to_rgb(image), settings.image_size)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         return Skipped(sample.relpath, f"too large to decode safely: {error}", broken=True)
+    except Image.UnidentifiedImageError:  # its message holds a memory address: no report bytes
+        return Skipped(sample.relpath, "unreadable image: not a format Pillow recognises",
+                       broken=True)
     except (OSError, SyntaxError, ValueError) as error:
         return Skipped(sample.relpath, f"unreadable image: {error}", broken=True)
     store.put([(image_id, encode_prepared(prepared))])

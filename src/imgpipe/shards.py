@@ -54,7 +54,7 @@ def load_prepared(member: ShardMember) -> Image.Image:
         return image.convert("RGB")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """Where `write_shards` put an image: its shard (relative to the prepared folder),
     the offset and size of its bytes in that shard, and their sha256."""

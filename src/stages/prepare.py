@@ -10,6 +10,7 @@ seen (imgpipe.prepare_image says what the cache key is made of).
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import tempfile
 from collections import Counter, defaultdict
@@ -28,7 +29,7 @@ from imgpipe.manifest import CLASSES_NAME, MANIFEST_COLUMNS, MANIFEST_NAME, PREP
 from imgpipe.params import load_section
 from imgpipe.params_prepare import DataParams, PrepareParams
 from imgpipe.prepare_image import PrepareSettings, open_store, prepare_one
-from imgpipe.shards import write_shards
+from imgpipe.shards import Placement, write_shards
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
 
@@ -60,23 +61,21 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
     settings = PrepareSettings(image_size)
     with _store(cache_dir, settings) as store, atomic_path(out_dir) as staging:
         kept = _decode_all(samples, settings, store, skipped, on_error)
+        del samples  # plain lists and dicts from here on, no data frames: bounded by N x ~0.5 KB
         rows = _drop_duplicates(kept, skipped)
+        del kept
         classes = _check_classes(rows, skipped, classes)
-        table = pd.DataFrame(rows, columns=["image_id", "source", "label"])
-        placements = write_shards(staging, _encoded(store, _shard_order(table)), shard_size)
-        placed = pd.DataFrame(placements).set_index("image_id")
-        table = table.join(placed, on="image_id")
-        table["label_index"] = [classes.index(label) for label in table["label"]]
-        table["split"] = stratified_split(list(table["label"]), list(table["image_id"]),
-                                          val_fraction, test_fraction, seed)
-        table = table.sort_values(["split", "label_index", "image_id"], ignore_index=True)
-        table[list(MANIFEST_COLUMNS)].to_csv(staging / MANIFEST_NAME, index=False)
+        placements = write_shards(staging, _encoded(store, _shard_order(rows)), shard_size)
+        split = stratified_split([label for _, _, label in rows],
+                                 [image_id for image_id, _, _ in rows],
+                                 val_fraction, test_fraction, seed)
+        _write_manifest(staging / MANIFEST_NAME, rows, split, classes, placements)
         write_json(staging / CLASSES_NAME, classes)
         write_json(staging / PREPROCESS_NAME, {"image_size": image_size})
-    metrics = _counts(table, classes, skipped)
+    metrics = _counts(rows, split, classes, skipped)
     _write_report(report_path, skipped)
     write_json(metrics_path, metrics)
-    _logger.info("%d images in %d classes: %s; %d skipped (see %s)", len(table), len(classes),
+    _logger.info("%d images in %d classes: %s; %d skipped (see %s)", len(rows), len(classes),
                  ", ".join(f"{s} {metrics['images'][s]}" for s in SPLITS), len(skipped),
                  report_path)
     return metrics
@@ -130,32 +129,53 @@ def _decode_all(samples: list[Sample], settings: PrepareSettings, store: ItemSto
 
 def _drop_duplicates(kept: list[tuple[str, Sample]],
                      skipped: list[Skipped]) -> list[tuple[str, str, str]]:
-    """One row per distinct image, in the order first seen; an image labelled with two
-    classes is dropped."""
-    by_id: dict[str, list[Sample]] = defaultdict(list)
+    """(image_id, source, label) per distinct image, in the order first seen; an image
+    labelled with two classes is dropped."""
+    first: dict[str, Sample] = {}
+    copies: dict[str, list[Sample]] = defaultdict(list)  # only images seen more than once
     for image_id, sample in kept:
-        by_id[image_id].append(sample)
+        if image_id in first:
+            copies[image_id].append(sample)
+        else:
+            first[image_id] = sample
     rows = []
-    for image_id, copies in by_id.items():
-        labels = sorted({s.label for s in copies})
+    for image_id, sample in first.items():
+        others = copies.get(image_id, [])
+        labels = sorted({sample.label, *(other.label for other in others)})
         if len(labels) > 1:
-            for sample in copies:
-                skipped.append(Skipped(sample.relpath, "the same image is labelled "
+            for copy in [sample, *others]:
+                skipped.append(Skipped(copy.relpath, "the same image is labelled "
                                        f"{' and '.join(map(repr, labels))}: ambiguous"))
             continue
-        for sample in copies[1:]:
-            skipped.append(Skipped(sample.relpath, f"duplicate of {copies[0].relpath}"))
-        rows.append((image_id, copies[0].relpath, copies[0].label))
+        for copy in others:
+            skipped.append(Skipped(copy.relpath, f"duplicate of {sample.relpath}"))
+        rows.append((image_id, sample.relpath, sample.label))
     return rows
 
 
-def _shard_order(table: pd.DataFrame) -> list[str]:
+def _shard_order(rows: list[tuple[str, str, str]]) -> list[str]:
     """Image ids by file name, then path: images added with later names (numbered or
     dated files, whatever class folder they are in) land together in the last shards,
     so `dvc push` after adding them uploads those shards only."""
-    names = [PurePosixPath(source).name for source in table["source"]]
-    order = sorted(range(len(table)), key=lambda i: (names[i], table["source"][i]))
-    return [table["image_id"][i] for i in order]
+    ordered = sorted(rows, key=lambda row: (PurePosixPath(row[1]).name, row[1]))
+    return [image_id for image_id, _, _ in ordered]
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, str, str]], split: list[str],
+                    classes: list[str], placements: list[Placement]) -> None:
+    """One CSV line per image (MANIFEST_COLUMNS), ordered by split, class and id."""
+    placed = {placement.image_id: placement for placement in placements}
+    class_index = {label: index for index, label in enumerate(classes)}
+    order = sorted(range(len(rows)),
+                   key=lambda i: (split[i], class_index[rows[i][2]], rows[i][0]))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        for i in order:
+            image_id, source, label = rows[i]
+            place = placed[image_id]
+            writer.writerow((image_id, place.shard, place.offset, place.size, source, label,
+                             class_index[label], split[i], place.sha256))
 
 
 def _encoded(store: ItemStore, image_ids: list[str]) -> Iterator[tuple[str, bytes]]:
@@ -182,11 +202,13 @@ def _check_classes(rows: list[tuple[str, str, str]], skipped: list[Skipped],
     return list(wanted) if wanted else sorted(counts)
 
 
-def _counts(table: pd.DataFrame, classes: list[str], skipped: list[Skipped]) -> dict:
+def _counts(rows: list[tuple[str, str, str]], split: list[str], classes: list[str],
+            skipped: list[Skipped]) -> dict:
+    per_split, per_class = Counter(split), Counter(label for _, _, label in rows)
     return {
         "classes": len(classes),
-        "images": {split: int((table["split"] == split).sum()) for split in SPLITS},
-        "images_per_class": {c: int((table["label"] == c).sum()) for c in classes},
+        "images": {name: per_split[name] for name in SPLITS},
+        "images_per_class": {name: per_class[name] for name in classes},
         "skipped": len(skipped),
     }
 
