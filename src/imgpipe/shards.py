@@ -63,7 +63,11 @@ class Placement:
     shard: str
     offset: int
     size: int
-    sha256: str
+    digest: bytes  # sha256 of the bytes: 32 bytes, not 64 hex characters, per image held
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hex()
 
 
 def write_shards(folder: Path, images: Iterable[tuple[str, bytes]],
@@ -82,7 +86,7 @@ def write_shards(folder: Path, images: Iterable[tuple[str, bytes]],
         with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as writer:
             for image_id, data in shard:
                 placements.append(Placement(image_id, name, writer.offset + _HEADER_BYTES,
-                                            len(data), hashlib.sha256(data).hexdigest()))
+                                            len(data), hashlib.sha256(data).digest()))
                 writer.addfile(_header(f"{image_id}{MEMBER_SUFFIX}", len(data)),
                                io.BytesIO(data))
     return placements
