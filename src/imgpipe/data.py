@@ -3,10 +3,8 @@ predict share."""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,10 +15,10 @@ from tqdm import tqdm
 
 from imgpipe import distributed
 from imgpipe.distributed import Ranks
+from imgpipe.prefetch import prefetched
 from imgpipe.shards import load_prepared
 from imgpipe.transforms import Transform
 
-T = TypeVar("T")
 # Batches decoded ahead of the network by a background thread in forward_all; 0 decodes
 # each batch when the network asks for it. 0 because the overlap did not pay on 2 cores:
 # the decode thread competes with the runtime's own threads (bench/throughput.py measures
@@ -86,57 +84,6 @@ def forward_all(module: nn.Module, items: Sequence[Any], transform: Transform,
             outputs[done:done + count] = batch
             done += count
     return outputs
-
-
-class _Failed:
-    """An exception raised in the producer thread, handed to the consumer to re-raise."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
-    """`items` in order, produced up to `depth` ahead by a background thread (0: inline).
-
-    Decoding overlaps the network: PIL's decoders, torch's transforms and the inference
-    runtimes release the GIL while they work. An exception in the producer is raised
-    here; leaving the loop early stops the producer.
-    """
-    if depth < 1:
-        yield from items
-        return
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop, end = threading.Event(), object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as error:  # re-raised in the consumer
-            put(_Failed(error))
-            return
-        put(end)
-
-    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
-    producer.start()
-    try:
-        while (item := buffer.get()) is not end:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        producer.join()
 
 
 def forward_sharded(module: nn.Module, items: Sequence[Any], transform: Transform,

@@ -31,6 +31,7 @@ from imgpipe.features import FeatureRows
 from imgpipe.head import LinearProbe, SweepPoint
 from imgpipe.logistic import balanced_weights, fit_logistic
 from imgpipe.params import ClassBalance, SelectBy
+from imgpipe.prefetch import prefetched
 from imgpipe.scores import best_index, confusion, scores
 
 _logger = logging.getLogger(__name__)
@@ -112,15 +113,22 @@ class Standardised:
         self._held = list(self._read(reuse=False)) if fits else None
 
     def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
-        """(rows, block) pairs; a streamed block is overwritten by the next one."""
-        return iter(self._held) if self._held is not None else self._read(reuse=True)
+        """(rows, block) pairs; a streamed block is overwritten soon after the next one is
+        asked for."""
+        if self._held is not None:
+            return iter(self._held)
+        # Read and standardised by a second thread while this one multiplies: file reads
+        # and numpy's arithmetic release the GIL. Three buffers: one in use here, one
+        # queued, one being filled.
+        return prefetched(self._read(reuse=True, buffers=3), depth=1)
 
-    def _read(self, reuse: bool) -> Iterator[tuple[slice, np.ndarray]]:
-        start, buffer = 0, np.empty(0)
-        for chunk in self._rows.chunks(reuse=reuse):
-            if not reuse or len(buffer) < len(chunk):
-                buffer = np.empty(chunk.shape)
-            block = buffer[:len(chunk)]  # (n, D) float64, (x - mean) / scale in two passes
+    def _read(self, reuse: bool, buffers: int = 1) -> Iterator[tuple[slice, np.ndarray]]:
+        start, ring = 0, [np.empty(0)] * buffers
+        for number, chunk in enumerate(self._rows.chunks(reuse=reuse)):
+            slot = number % buffers
+            if not reuse or len(ring[slot]) < len(chunk):
+                ring[slot] = np.empty(chunk.shape)
+            block = ring[slot][:len(chunk)]  # (n, D) float64, (x - mean) / scale in two passes
             np.subtract(chunk, self._mean, out=block)
             np.divide(block, self._scale, out=block)
             yield slice(start, start + len(chunk)), block
