@@ -249,7 +249,9 @@ def _loaders(prepared_dir: Path, model: ImageClassifier, backbone: Backbone, rec
 def _class_weights(prepared_dir: Path, num_classes: int) -> torch.Tensor:
     """n / (classes x n_class) per class, from the train split (sklearn's "balanced")."""
     labels = read_manifest(prepared_dir, "train")["label_index"].to_numpy()
-    counts = torch.bincount(torch.from_numpy(labels), minlength=num_classes).double()
+    # torch.tensor copies: pandas may hand out a read-only array, which from_numpy warns on.
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.int64),
+                            minlength=num_classes).double()
     return (len(labels) / (num_classes * counts.clamp(min=1))).float()
 
 
