@@ -77,12 +77,13 @@ class SplitFile:
     labels: np.ndarray  # (N,) int64
     image_ids: np.ndarray  # (N,) str
     dim: int  # D
+    offset: int  # where the feature rows start in the file (found once, read every pass)
 
     def chunks(self, reuse: bool = False) -> Iterator[np.ndarray]:
         count, step = len(self.labels), chunk_rows(self.dim)
         buffer = np.empty((min(step, count), self.dim), dtype=ROW_DTYPE)
         with self.path.open("rb") as handle:
-            handle.seek(_data_offset(self.path, handle))
+            handle.seek(self.offset)
             for start in range(0, count, step):
                 rows = min(step, count - start)
                 block = buffer[:rows] if reuse else np.empty((rows, self.dim), ROW_DTYPE)
@@ -125,12 +126,12 @@ def open_split(features_dir: Path, split: str) -> SplitFile:
             labels = np.lib.format.read_array(member, allow_pickle=False)
         with archive.open("image_ids.npy") as member:
             image_ids = np.lib.format.read_array(member, allow_pickle=False)
-        with archive.open("features.npy") as member:
-            shape = _read_header(member, path)
+    with path.open("rb") as handle:
+        offset, shape = _rows_at(path, handle)
     if shape[0] != len(labels):
         raise DataError(f"{path}: {shape[0]} feature rows for {len(labels)} labels: "
                         "run `dvc repro extract` again")
-    return SplitFile(path, labels, image_ids, shape[1])
+    return SplitFile(path, labels, image_ids, shape[1], offset)
 
 
 def load_split(features_dir: Path, split: str) -> FeatureSet:
@@ -170,8 +171,9 @@ def _read_header(member: BinaryIO, path: Path) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _data_offset(path: Path, handle: BinaryIO) -> int:
-    """Where the features array's data starts in the .npz: read in place, not unzipped.
+def _rows_at(path: Path, handle: BinaryIO) -> tuple[int, tuple[int, int]]:
+    """Where the features array's rows start in the .npz (read in place, not unzipped),
+    and their shape.
 
     save_split stores members uncompressed (ZIP_STORED), so the array's bytes sit in the
     file as they are, after the member's local header and the .npy header.
@@ -186,5 +188,5 @@ def _data_offset(path: Path, handle: BinaryIO) -> int:
         raise DataError(f"{path} is not a features file: run `dvc repro extract` again")
     name_length, extra_length = struct.unpack("<HH", local[26:30])
     handle.seek(info.header_offset + 30 + name_length + extra_length)
-    _read_header(handle, path)  # the .npy header, checked; the rows follow it
-    return handle.tell()
+    shape = _read_header(handle, path)  # the .npy header, checked; the rows follow it
+    return handle.tell(), shape
