@@ -285,14 +285,17 @@ def test_freeze_all_with_a_fresh_head_is_refused(probed, tmp_path: Path) -> None
 
 
 def test_class_weights_are_inverse_train_frequencies(tmp_path: Path) -> None:
+    from imgpipe.io import write_json
+    from imgpipe.manifest import write_index
+    from imgpipe.shards import write_shards
     from stages.finetune_full import _class_weights
 
     rows = [("train", 0)] * 6 + [("train", 1)] * 2 + [("train", 2)] * 1 + [("val", 2)] * 5
-    pd.DataFrame({"image_id": range(len(rows)), "shard": "shards/00000.tar",
-                  "offset": 512, "size": 1, "source": "x", "label": "l",
-                  "label_index": [label for _, label in rows],
-                  "split": [split for split, _ in rows], "sha256": "0"}).to_csv(
-        tmp_path / "manifest.csv", index=False)
+    images = [(f"{i:016x}", bytes([i])) for i in range(len(rows))]
+    write_index(tmp_path, [(image_id, f"{i}.png", f"c{label}")
+                           for i, ((image_id, _), (_, label)) in enumerate(zip(images, rows))],
+                [split for split, _ in rows], write_shards(tmp_path, images, shard_size=4))
+    write_json(tmp_path / "classes.json", ["c0", "c1", "c2", "c3"])
     weights = _class_weights(tmp_path, 4)  # class 3 has no train image: weight as if 1
     expected = [9 / (4 * 6), 9 / (4 * 2), 9 / (4 * 1), 9 / (4 * 1)]
     assert weights.tolist() == pytest.approx(expected)

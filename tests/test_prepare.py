@@ -41,7 +41,8 @@ def test_writes_manifest_classes_and_resized_rgb_images(digits_dir: Path,
 def test_same_inputs_give_identical_outputs(digits_dir: Path, tmp_path: Path) -> None:
     run_prepare(digits_dir, tmp_path / "a")
     run_prepare(digits_dir, tmp_path / "b")
-    for name in ("manifest.csv", "classes.json", "shards/00000.tar"):
+    for name in ("manifest.csv", "splits.csv", "classes.json", "shards/00000.tar",
+                 "shards/00000.csv"):
         assert ((tmp_path / "a" / "prepared" / name).read_bytes()
                 == (tmp_path / "b" / "prepared" / name).read_bytes())
 
@@ -210,6 +211,11 @@ def test_images_added_with_later_names_rewrite_only_the_last_shards(tmp_path: Pa
         return {p.name: p.read_bytes() for p in (out / "prepared" / "shards").iterdir()}
 
     before, after = shards(tmp_path / "before"), shards(tmp_path / "after")
-    assert len(before) >= 60 // 6
-    rewritten = [name for name, data in after.items() if data not in before.values()]
-    assert rewritten == sorted(after)[-len(rewritten):] and 1 <= len(rewritten) <= 2
+    assert len(before) >= 2 * 60 // 6  # a .tar and its .csv per shard
+    rewritten = sorted(name for name, data in after.items() if data not in before.values())
+    tars = [name for name in rewritten if name.endswith(".tar")]
+    assert tars == sorted(n for n in after if n.endswith(".tar"))[-len(tars):]
+    assert 1 <= len(tars) <= 2
+    # Each rewritten shard's index beside it, and no other shard's.
+    assert [name for name in rewritten if name.endswith(".csv")] == [
+        name.replace(".tar", ".csv") for name in tars]

@@ -8,6 +8,7 @@ fresh clone of it, as another machine would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from collections.abc import Iterator
@@ -156,27 +157,41 @@ def _add_numbered_images(folder: Path, classes: list[str], start: int) -> None:
         Image.fromarray(pixels).save(folder / name / f"{start + offset:04d}.png")
 
 
+def _md5s(folder: Path) -> dict[str, str]:
+    """md5 (DVC's object key) -> file name, for every file under `folder`."""
+    return {hashlib.md5(p.read_bytes()).hexdigest(): p.relative_to(folder).as_posix()
+            for p in folder.rglob("*") if p.is_file()}
+
+
 def test_a_push_after_adding_images_uploads_only_the_shards_they_land_in(
         pushed: Pushed) -> None:
     clone = pushed.clone("clone-grow")
     params = clone / "params.yaml"
     params.write_text(params.read_text().replace("shard_size: 1000", "shard_size: 4"))
+    prepared = clone / "data" / "prepared"
     dvc(clone, "repro", "prepare")
     dvc(clone, "push", "prepare")
-    before = pushed.bucket.objects()
-    shards = sorted((clone / "data" / "prepared" / "shards").iterdir())
-    prepared_bytes = sum(p.stat().st_size for p in (clone / "data" / "prepared").rglob("*")
-                         if p.is_file())
+    before, files_before = pushed.bucket.objects(), _md5s(prepared)
     classes = sorted(p.name for p in (clone / "data" / "tiny").iterdir() if p.is_dir())
     _add_numbered_images(clone / "data" / "tiny", classes, start=9000)
     dvc(clone, "repro", "prepare")
     dvc(clone, "push", "prepare")
-    after = pushed.bucket.objects()
-    uploaded = {key: size for key, size in after.items() if key not in before}
-    assert len(shards) >= 6  # 30 images, 4 at most per shard
-    # New: the shard(s) the three images landed in, the manifest, and DVC's listing of
-    # the folder (a .dir object); every other shard is already in the bucket.
-    assert 3 <= len(uploaded) <= 5, uploaded
+    uploaded = {key: size for key, size in pushed.bucket.objects().items()
+                if key not in before}
+    new_files = {md5: name for md5, name in _md5s(prepared).items() if md5 not in files_before}
+    assert len([n for n in files_before.values() if n.endswith(".tar")]) >= 30 // 4
+    # Uploaded: the files whose bytes are new, and DVC's listing of the folder (a .dir
+    # object); every other shard and shard index is already in the bucket.
+    keys = {key.removeprefix("dvc/files/md5/").replace("/", ""): key for key in uploaded}
+    listing = [md5 for md5 in keys if md5.endswith(".dir")]
+    assert len(listing) == 1 and set(keys) - set(listing) == set(new_files), uploaded
+    # Those files: the shards the three images landed in (the last ones, by name), each
+    # with its index, and the two small tables; no index of every image.
+    tars = sorted(name for name in new_files.values() if name.endswith(".tar"))
+    assert 1 <= len(tars) <= 3
+    assert sorted(new_files.values()) == sorted(
+        ["manifest.csv", "splits.csv", *tars, *(t.replace(".tar", ".csv") for t in tars)])
+    prepared_bytes = sum(p.stat().st_size for p in prepared.rglob("*") if p.is_file())
     assert sum(uploaded.values()) < 0.5 * prepared_bytes, (uploaded, prepared_bytes)
 
 

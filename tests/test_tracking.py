@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 
 from imgpipe.errors import PipelineError
+from imgpipe.manifest import dataset_digest
 from imgpipe.params_evaluate import TrackingParams
 from imgpipe.run_record import ResultPaths, summary_metrics
 from imgpipe.tracking import RunRecord, default_tracking_uri, log_run, model_requirements
@@ -109,16 +109,17 @@ def test_run_holds_params_summary_metrics_curves_artifacts_and_tags(logged, trai
     assert sorted(row[0] for row in table["data"]) == ["one", "seven", "zero"]
 
 
-def test_prepared_dataset_is_the_runs_input_with_the_manifest_digest(logged, trained) -> None:
+def test_prepared_dataset_is_the_runs_input_with_the_index_digest(logged, trained) -> None:
     uri, run_id = logged
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
     (dataset_input,) = run.inputs.dataset_inputs
-    manifest = (trained["prepared"] / "manifest.csv").read_bytes()
-    assert dataset_input.dataset.digest == hashlib.sha256(manifest).hexdigest()[:16]
+    assert dataset_input.dataset.digest == dataset_digest(trained["prepared"])[:16]
     assert dataset_input.dataset.name == "data/tiny"
-    assert "manifest.csv" in dataset_input.dataset.source
+    assert "prepared" in dataset_input.dataset.source
+    schema = json.loads(dataset_input.dataset.schema)["mlflow_colspec"]
+    assert {"image_id", "label", "split"} <= {column["name"] for column in schema}
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == len(
-        pd.read_csv(trained["prepared"] / "manifest.csv"))
+        pd.read_csv(trained["prepared"] / "splits.csv"))  # one row per image
     assert [t.value for t in dataset_input.tags if t.key == "mlflow.data.context"] == [
         "prepared"]
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME
+from imgpipe.errors import DataError
+from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, dataset_digest, read_manifest
 from imgpipe.params import flatten
 from imgpipe.run_names import changed_params, describe, run_name
 from imgpipe.tracking import DatasetInput, RunRecord
@@ -150,8 +151,8 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
     there (sync-mlflow), `baseline_rev` being its parent."""
     paths, lock_path = relative.under(root), root / "dvc.lock"
     changes = {} if baseline is None else changed_params(params, baseline)
-    manifest_path = paths.prepared_dir / MANIFEST_NAME
-    manifest = manifest_path.read_bytes() if manifest_path.is_file() else None
+    dataset = _prepared_dataset(paths.prepared_dir, relative.prepared_dir,
+                                str((params.get("data") or {}).get("source", "dataset")))
     test = _json(paths.metrics)
     per_class = (pd.read_csv(paths.per_class) if paths.per_class and paths.per_class.is_file()
                  else _per_class_table(test.get("per_class", {})))
@@ -163,8 +164,7 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
         "dvc_result": key,
         **({"dvc_exp_name": exp_name} if exp_name else {}),
         **({"dvc_exp_baseline_rev": baseline_rev} if baseline_rev and exp_name else {}),
-        **({"dataset_fingerprint": hashlib.sha256(manifest).hexdigest()[:16]}
-           if manifest is not None else {}),
+        **({"dataset_fingerprint": dataset.digest} if dataset is not None else {}),
         **(tags or {}),
     }
     return RunRecord(
@@ -184,12 +184,28 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
         classes=json.loads(classes_path.read_text()) if classes_path.is_file() else [],
         example_image=example_image,
         register_as=register_as,
-        dataset=None if manifest is None else DatasetInput(
-            table=pd.read_csv(manifest_path), digest=all_tags["dataset_fingerprint"],
-            name=str((params.get("data") or {}).get("source", "dataset")),
-            source=str(relative.prepared_dir / MANIFEST_NAME)),
+        dataset=dataset,
         tables={"test_per_class.json": per_class} if len(per_class) else {},
     )
+
+
+def _prepared_dataset(prepared_dir: Path, source: Path, name: str) -> DatasetInput | None:
+    """The prepared images' table (one row per image) as the run's input, with the
+    dataset's digest; None when the index files are not all here (a commit whose DVC
+    outputs are in no cache)."""
+    manifest_path = prepared_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    try:
+        table, digest = read_manifest(prepared_dir).drop(columns="image"), dataset_digest(
+            prepared_dir)[:16]
+    except (DataError, OSError):
+        old = pd.read_csv(manifest_path)
+        if "image_id" not in old.columns:  # a per-shard manifest without its shards' rows
+            return None
+        # Commits before the per-shard manifest: one row per image, hashed as a whole.
+        table, digest = old, hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
+    return DatasetInput(table=table, digest=digest, name=name, source=str(source))
 
 
 def _json(path: Path | None) -> dict:

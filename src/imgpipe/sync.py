@@ -11,8 +11,8 @@ holds one run tagged `dvc_rev=<commit>`:
   manifest md5, see `run_record.result_key`) and no revision has claimed it yet: it is
   tagged with the revision (adopted), not logged again;
 - otherwise a run is logged from the commit's files, the same way evaluate logs one: the
-  git-tracked files with `git show`, the DVC outputs (model, prepared manifest) through
-  `dvc.api.open`, left out with a warning when they are in no cache.
+  git-tracked files with `git show`, the DVC outputs (model, the prepared index files)
+  through `dvc.api.DVCFileSystem`, left out with a warning when they are in no cache.
 
 Running it twice changes nothing the second time.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from imgpipe.errors import PipelineError
-from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME
+from imgpipe.manifest import INDEX_NAMES, MANIFEST_NAME, shard_indexes
 from imgpipe.run_record import ResultPaths, build_record, from_command, result_key
 from imgpipe.tracking import connect, log_run
 
@@ -136,21 +136,30 @@ def _export(repo_root: Path, rev: str, relative: ResultPaths, root: Path) -> Non
 
     wanted = [getattr(relative, f.name) for f in fields(relative)
               if f.name != "prepared_dir" and getattr(relative, f.name) is not None]
-    wanted += [relative.prepared_dir / MANIFEST_NAME, relative.prepared_dir / CLASSES_NAME,
-               Path("dvc.lock")]
-    for path in wanted:
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        content = _git_bytes(repo_root, rev, path)
-        if content is None:
-            try:
-                with dvc.api.open(str(path), repo=str(repo_root), rev=rev, mode="rb") as stream:
-                    content = stream.read()
-            except Exception as error:  # not in the local cache nor a reachable remote
-                _logger.warning("%s at %s: not available (%s); the run goes without it",
-                                path, rev[:7], type(error).__name__)
-                continue
-        target.write_bytes(content)
+    index = [relative.prepared_dir / name for name in INDEX_NAMES]  # manifest.csv first
+    dvc_files = dvc.api.DVCFileSystem(str(repo_root), rev=rev)
+    try:
+        for path in [*wanted, *index, Path("dvc.lock")]:
+            _export_one(repo_root, rev, path, root, dvc_files)
+        if (root / index[0]).is_file():  # each shard's rows, for the dataset table
+            for name in shard_indexes(root / relative.prepared_dir):
+                _export_one(repo_root, rev, relative.prepared_dir / name, root, dvc_files)
+    finally:
+        dvc_files.close()
+
+
+def _export_one(repo_root: Path, rev: str, path: Path, root: Path, dvc_files: Any) -> None:
+    content = _git_bytes(repo_root, rev, path)
+    if content is None:
+        try:
+            content = dvc_files.read_bytes(path.as_posix())
+        except Exception as error:  # not in the local cache nor a reachable remote
+            _logger.warning("%s at %s: not available (%s); the run goes without it",
+                            path, rev[:7], type(error).__name__)
+            return
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
 
 
 def _git(repo_root: Path, *args: str, check: bool = True) -> str:

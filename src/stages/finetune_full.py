@@ -44,7 +44,7 @@ from imgpipe.finetune import (
 )
 from imgpipe.head import init_head, load_head, load_probe_penalty
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import MANIFEST_NAME, read_manifest, read_preprocess
+from imgpipe.manifest import dataset_digest, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
 from imgpipe.optim import make_optimizer, make_schedule
 from imgpipe.params import (
@@ -259,7 +259,7 @@ def _run_key(recipe: Recipe, paths: FinetunePaths) -> str:
     """What a checkpoint must match to be resumed: the recipe, head and dataset."""
     digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
     digest.update(paths.head.read_bytes())
-    digest.update((paths.prepared_dir / MANIFEST_NAME).read_bytes())
+    digest.update(dataset_digest(paths.prepared_dir).encode())
     return digest.hexdigest()[:16]
 
 

@@ -10,7 +10,6 @@ seen (imgpipe.prepare_image says what the cache key is made of).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import tempfile
 from collections import Counter, defaultdict
@@ -25,11 +24,11 @@ from imgpipe import stage
 from imgpipe.cache import ItemStore
 from imgpipe.errors import DataError
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import CLASSES_NAME, MANIFEST_COLUMNS, MANIFEST_NAME, PREPROCESS_NAME
+from imgpipe.manifest import CLASSES_NAME, PREPROCESS_NAME, write_index
 from imgpipe.params import load_section
 from imgpipe.params_prepare import DataParams, PrepareParams
 from imgpipe.prepare_image import PrepareSettings, open_store, prepare_one
-from imgpipe.shards import Placement, write_shards
+from imgpipe.shards import write_shards
 from imgpipe.sources import Sample, Skipped, list_samples
 from imgpipe.splits import SPLITS, stratified_split
 
@@ -68,7 +67,7 @@ def prepare(*, source: Path, out_dir: Path, metrics_path: Path, report_path: Pat
         split = stratified_split([label for _, _, label in rows],
                                  [image_id for image_id, _, _ in rows],
                                  val_fraction, test_fraction, seed)
-        _write_manifest(staging / MANIFEST_NAME, rows, split, classes, placements)
+        write_index(staging, rows, split, placements)
         write_json(staging / CLASSES_NAME, classes)
         write_json(staging / PREPROCESS_NAME, {"image_size": image_size})
     metrics = _counts(rows, split, classes, skipped)
@@ -171,27 +170,6 @@ def _shard_order(rows: list[tuple[str, str, str]]) -> list[str]:
     ordered = sorted(rows, key=lambda row: row[1])
     ordered.sort(key=lambda row: row[1].rsplit("/", 1)[-1])
     return [image_id for image_id, _, _ in ordered]
-
-
-def _write_manifest(path: Path, rows: list[tuple[str, str, str]], split: list[str],
-                    classes: list[str], placements: list[Placement]) -> None:
-    """One CSV line per image (MANIFEST_COLUMNS), ordered by split, class and id."""
-    placed = {placement.image_id: placement for placement in placements}
-    class_index = {label: index for index, label in enumerate(classes)}
-    # Rows by split, class and id: bucketed, then each bucket sorted by id, so that no
-    # sort key per row is held (a tuple per image would be 8 MB at 100,000).
-    buckets: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for i, (_, _, label) in enumerate(rows):
-        buckets[split[i], class_index[label]].append(i)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        for bucket in sorted(buckets):
-            for i in sorted(buckets[bucket], key=lambda i: rows[i][0]):
-                image_id, source, label = rows[i]
-                place = placed[image_id]
-                writer.writerow((image_id, place.shard, place.offset, place.size, source,
-                                 label, class_index[label], split[i], place.sha256))
 
 
 def _encoded(store: ItemStore, image_ids: list[str]) -> Iterator[tuple[str, bytes]]:
