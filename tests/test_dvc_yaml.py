@@ -39,7 +39,8 @@ def test_stage_params_exist_in_params_yaml(stage: str) -> None:
                                    if "--prepared-dir ${prepared}" in spec["cmd"]])
 def test_stages_reading_the_prepared_folder_depend_on_its_index_files(stage: str) -> None:
     """Not the folder (hashed again per stage on every no-op repro), but every file that
-    stands for it: the manifest with each image's sha256, the classes, the preprocessing."""
+    stands for it: the manifest (each shard index's sha256, each index every image's), the
+    split, the classes, the preprocessing."""
     deps = PIPELINE["stages"][stage]["deps"]
     assert "${prepared}" not in deps
     assert {f"${{prepared}}/{name}" for name in INDEX_NAMES} <= set(deps)

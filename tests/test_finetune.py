@@ -285,8 +285,8 @@ def test_freeze_all_with_a_fresh_head_is_refused(probed, tmp_path: Path) -> None
 
 
 def test_class_weights_are_inverse_train_frequencies(tmp_path: Path) -> None:
+    from imgpipe.index_writer import write_index
     from imgpipe.io import write_json
-    from imgpipe.manifest import write_index
     from imgpipe.shards import write_shards
     from stages.finetune_full import _class_weights
 

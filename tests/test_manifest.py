@@ -10,25 +10,23 @@ import pandas as pd
 import pytest
 
 from imgpipe.errors import DataError
+from imgpipe.index_writer import write_index
 from imgpipe.io import write_json
-from imgpipe.manifest import (
-    dataset_digest,
-    read_manifest,
-    shard_indexes,
-    write_index,
-)
+from imgpipe.manifest import dataset_digest, read_manifest
 from imgpipe.shards import write_shards
 
-CLASSES = ["cat", "dog", "007"]  # "007" stays a string, and sorts first, not by its index
+# "007" stays a string and sorts first, not by its index; pandas reads "None" and "NA"
+# as missing unless told not to.
+CLASSES = ["cat", "dog", "007", "None", "NA"]
 
 
-def _prepared(folder: Path, count: int = 24, shard_size: int = 8) -> tuple[list, list]:
-    """A prepared folder of `count` fake images in three classes."""
+def _prepared(folder: Path, count: int = 40, shard_size: int = 8) -> tuple[list, list]:
+    """A prepared folder of `count` fake images in five classes."""
     images = []
     for i in range(count):
         data = hashlib.sha512(str(i).encode()).digest() * (1 + i % 3)
         images.append((hashlib.sha256(data).hexdigest()[:16], data))
-    rows = [(image_id, f"{CLASSES[i % 3]}/{i:03d}.png", CLASSES[i % 3])
+    rows = [(image_id, f"{CLASSES[i % 5]}/{i:03d}.png", CLASSES[i % 5])
             for i, (image_id, _) in enumerate(images)]
     split = [("train", "val", "test", "train")[i % 4] for i in range(count)]
     placements = write_shards(folder, images, shard_size)
@@ -59,8 +57,7 @@ def test_each_shard_has_its_own_index_and_the_manifest_one_row_per_shard(
     listing = pd.read_csv(tmp_path / "manifest.csv")
     tars = sorted(p.name for p in (tmp_path / "shards").glob("*.tar"))
     assert list(listing["shard"]) == [f"shards/{name}" for name in tars]
-    assert shard_indexes(tmp_path) == [f"shards/{n.replace('.tar', '.csv')}" for n in tars]
-    assert listing["images"].sum() == 24
+    assert listing["images"].sum() == 40
     for shard, digest in zip(listing["shard"], listing["sha256"]):
         index = tmp_path / shard.replace(".tar", ".csv")
         assert hashlib.sha256(index.read_bytes()).hexdigest() == digest
@@ -70,11 +67,14 @@ def test_an_edited_shard_index_is_refused_with_the_fix(tmp_path: Path) -> None:
     _prepared(tmp_path)
     index = tmp_path / "shards" / "00000.csv"
     index.write_text(index.read_text().replace("cat", "dog", 1))
-    with pytest.raises(DataError, match="00000.csv is not the file manifest.csv lists.*"
-                                        "dvc checkout"):
+    with pytest.raises(DataError, match="00000.csv differs from the sha256 manifest.csv "
+                                        "lists for it.*dvc checkout"):
         read_manifest(tmp_path)
     index.unlink()
-    with pytest.raises(DataError, match="00000.csv is missing"):
+    with pytest.raises(DataError, match="00000.csv is missing.*dvc checkout"):
+        read_manifest(tmp_path)
+    (tmp_path / "splits.csv").unlink()
+    with pytest.raises(DataError, match="splits.csv is missing.*dvc checkout"):
         read_manifest(tmp_path)
 
 
@@ -82,7 +82,12 @@ def test_a_split_naming_other_images_is_refused(tmp_path: Path) -> None:
     _prepared(tmp_path)
     splits = tmp_path / "splits.csv"
     splits.write_text("\n".join(splits.read_text().splitlines()[:-1]) + "\n")
-    with pytest.raises(DataError, match="splits.csv and the shard listings.*dvc repro prepare"):
+    with pytest.raises(DataError, match="splits.csv and the shard indexes.*do not name the "
+                                        "same images once each.*dvc repro prepare"):
+        read_manifest(tmp_path)
+    lines = splits.read_text().splitlines()
+    splits.write_text("\n".join([*lines, lines[1]]) + "\n")  # as many rows, one id twice
+    with pytest.raises(DataError, match="do not name the same images once each"):
         read_manifest(tmp_path)
 
 

@@ -84,6 +84,7 @@ CODE_EDITS = {
     "src/imgpipe/pyfunc.py": {"evaluate"},
     "src/imgpipe/featurize.py": {"extract"},
     "src/imgpipe/prepare_image.py": {"prepare"},
+    "src/imgpipe/index_writer.py": {"prepare"},  # writing the index: readers do not rerun
     "src/imgpipe/params_finetune.py": {"finetune_full"},  # adding a fine-tuning param
     "src/imgpipe/params_evaluate.py": {"evaluate"},
     "src/imgpipe/params_check.py": set(),  # the whole-file check: refuses, computes nothing

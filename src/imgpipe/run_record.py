@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +31,8 @@ from imgpipe.manifest import CLASSES_NAME, MANIFEST_NAME, dataset_digest, read_m
 from imgpipe.params import flatten
 from imgpipe.run_names import changed_params, describe, run_name
 from imgpipe.tracking import DatasetInput, RunRecord
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,12 @@ def file_md5(path: Path) -> str:
 
 
 def result_key(params: dict[str, Any], model_md5: str, manifest_md5: str) -> str:
-    """What makes two runs the same result: params, model bytes, prepared dataset."""
+    """What makes two runs the same result: params, model bytes, prepared dataset.
+
+    The dataset enters as manifest.csv's md5 (dvc.lock has it for every commit, so
+    sync-mlflow computes the same key without the files): it covers every image and label;
+    the split follows from those and `prepare.*`, which are in `params`.
+    """
     payload = json.dumps([flatten(params), model_md5, manifest_md5], sort_keys=True,
                          default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -151,8 +159,10 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
     there (sync-mlflow), `baseline_rev` being its parent."""
     paths, lock_path = relative.under(root), root / "dvc.lock"
     changes = {} if baseline is None else changed_params(params, baseline)
+    fingerprint = _fingerprint(paths.prepared_dir)
     dataset = _prepared_dataset(paths.prepared_dir, relative.prepared_dir,
-                                str((params.get("data") or {}).get("source", "dataset")))
+                                str((params.get("data") or {}).get("source", "dataset")),
+                                fingerprint)
     test = _json(paths.metrics)
     per_class = (pd.read_csv(paths.per_class) if paths.per_class and paths.per_class.is_file()
                  else _per_class_table(test.get("per_class", {})))
@@ -164,7 +174,7 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
         "dvc_result": key,
         **({"dvc_exp_name": exp_name} if exp_name else {}),
         **({"dvc_exp_baseline_rev": baseline_rev} if baseline_rev and exp_name else {}),
-        **({"dataset_fingerprint": dataset.digest} if dataset is not None else {}),
+        **({"dataset_fingerprint": fingerprint} if fingerprint is not None else {}),
         **(tags or {}),
     }
     return RunRecord(
@@ -189,23 +199,43 @@ def build_record(relative: ResultPaths, root: Path, *, params: dict[str, Any],
     )
 
 
-def _prepared_dataset(prepared_dir: Path, source: Path, name: str) -> DatasetInput | None:
-    """The prepared images' table (one row per image) as the run's input, with the
-    dataset's digest; None when the index files are not all here (a commit whose DVC
-    outputs are in no cache)."""
+def _fingerprint(prepared_dir: Path) -> str | None:
+    """What tells two prepared datasets apart: a digest of the index files (of the
+    one-row-per-image manifest.csv for commits before the per-shard one); None when
+    they are not here (a commit whose DVC outputs are in no cache)."""
     manifest_path = prepared_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
+    if _per_image(manifest_path):
+        return hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
     try:
-        table, digest = read_manifest(prepared_dir).drop(columns="image"), dataset_digest(
-            prepared_dir)[:16]
-    except (DataError, OSError):
-        old = pd.read_csv(manifest_path)
-        if "image_id" not in old.columns:  # a per-shard manifest without its shards' rows
+        return dataset_digest(prepared_dir)[:16]
+    except OSError:
+        return None
+
+
+def _prepared_dataset(prepared_dir: Path, source: Path, name: str,
+                      digest: str | None) -> DatasetInput | None:
+    """The prepared images' table (one row per image) as the run's input; None when its
+    files are not all here."""
+    if digest is None:
+        return None
+    manifest_path = prepared_dir / MANIFEST_NAME
+    if _per_image(manifest_path):
+        table = pd.read_csv(manifest_path)
+    else:
+        try:
+            table = read_manifest(prepared_dir).drop(columns="image")
+        except DataError as error:
+            _logger.warning("the run goes without its dataset table: %s", error)
             return None
-        # Commits before the per-shard manifest: one row per image, hashed as a whole.
-        table, digest = old, hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
     return DatasetInput(table=table, digest=digest, name=name, source=str(source))
+
+
+def _per_image(manifest_path: Path) -> bool:
+    """A manifest.csv from before the per-shard layout: one row per image."""
+    with manifest_path.open() as handle:
+        return handle.readline().startswith("image_id,")
 
 
 def _json(path: Path | None) -> dict:

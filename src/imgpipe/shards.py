@@ -2,8 +2,9 @@
 
 prepare writes the images ordered by file name, then path (stages.prepare says why), into
 `shards/NNNNN.tar`, plain uncompressed tar files (`tar tf` lists them; WebDataset reads
-them) whose members are `<image_id>.jpg`. The manifest records each image's shard, byte
-offset and size, so any stage reads one image with one seek, in any order.
+them) whose members are `<image_id>.jpg`. Each shard's index beside it (imgpipe.manifest)
+records each image's byte offset and size, so any stage reads one image with one seek, in
+any order.
 
 Where a shard ends is decided by the images themselves (content-defined boundaries, as in
 rsync or restic): a shard closes after an image whose content id, read as a number, is a

@@ -19,19 +19,29 @@ Running it twice changes nothing the second time.
 
 from __future__ import annotations
 
+import csv
 import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from imgpipe.errors import PipelineError
-from imgpipe.manifest import INDEX_NAMES, MANIFEST_NAME, shard_indexes
+from imgpipe.manifest import (
+    CLASSES_NAME,
+    INDEX_NAMES,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    shard_index,
+)
 from imgpipe.run_record import ResultPaths, build_record, from_command, result_key
 from imgpipe.tracking import connect, log_run
+
+if TYPE_CHECKING:
+    from dvc.api import DVCFileSystem
 
 _logger = logging.getLogger(__name__)
 _SKIPPED_STATES = {"Running", "Queued", "Failed"}  # no committed result to record
@@ -136,19 +146,34 @@ def _export(repo_root: Path, rev: str, relative: ResultPaths, root: Path) -> Non
 
     wanted = [getattr(relative, f.name) for f in fields(relative)
               if f.name != "prepared_dir" and getattr(relative, f.name) is not None]
-    index = [relative.prepared_dir / name for name in INDEX_NAMES]  # manifest.csv first
+    manifest = relative.prepared_dir / MANIFEST_NAME
     dvc_files = dvc.api.DVCFileSystem(str(repo_root), rev=rev)
     try:
-        for path in [*wanted, *index, Path("dvc.lock")]:
+        for path in [*wanted, manifest, Path("dvc.lock")]:
             _export_one(repo_root, rev, path, root, dvc_files)
-        if (root / index[0]).is_file():  # each shard's rows, for the dataset table
-            for name in shard_indexes(root / relative.prepared_dir):
-                _export_one(repo_root, rev, relative.prepared_dir / name, root, dvc_files)
+        for name in _index_beside(root / manifest):
+            _export_one(repo_root, rev, relative.prepared_dir / name, root, dvc_files)
     finally:
         dvc_files.close()
 
 
-def _export_one(repo_root: Path, rev: str, path: Path, root: Path, dvc_files: Any) -> None:
+def _index_beside(manifest: Path) -> list[str]:
+    """The prepared folder's other files a run's dataset is read from, by the layout of
+    `manifest` (imgpipe.manifest): the split, classes, preprocessing and every shard's
+    index; for a commit before the per-shard manifest, the classes only."""
+    if not manifest.is_file():
+        return [CLASSES_NAME]
+    with manifest.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(rows[0]) != MANIFEST_COLUMNS:  # one row per image: complete
+        return [CLASSES_NAME]
+    shards = [shard_index(row[0]) for row in rows[1:]]
+    return [name for name in INDEX_NAMES if name != MANIFEST_NAME] + shards
+
+
+def _export_one(repo_root: Path, rev: str, path: Path, root: Path,
+                dvc_files: DVCFileSystem) -> None:
+    """Copy `path` at `rev` under `root`; warn and leave it out when no cache has it."""
     content = _git_bytes(repo_root, rev, path)
     if content is None:
         try:

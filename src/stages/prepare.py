@@ -23,8 +23,9 @@ from tqdm import tqdm
 from imgpipe import stage
 from imgpipe.cache import ItemStore
 from imgpipe.errors import DataError
+from imgpipe.index_writer import write_index
 from imgpipe.io import atomic_path, write_json
-from imgpipe.manifest import CLASSES_NAME, PREPROCESS_NAME, write_index
+from imgpipe.manifest import CLASSES_NAME, PREPROCESS_NAME
 from imgpipe.params import load_section
 from imgpipe.params_prepare import DataParams, PrepareParams
 from imgpipe.prepare_image import PrepareSettings, open_store, prepare_one
