@@ -54,30 +54,40 @@ from imgpipe.finetune import (  # noqa: E402
 )
 from imgpipe.manifest import read_manifest  # noqa: E402
 from imgpipe.model import load_model  # noqa: E402
-from imgpipe.params import BackboneParams  # noqa: E402
+from imgpipe.params import BackboneParams, load_section  # noqa: E402
+from imgpipe.params_extract import ExtractParams  # noqa: E402
 from imgpipe.params_finetune import AugmentParams, FinetuneParams  # noqa: E402
+from imgpipe.params_head import TrainHeadParams  # noqa: E402
+from imgpipe.params_prepare import PrepareParams  # noqa: E402
 from imgpipe.transforms import eval_transform  # noqa: E402
 
 _logger = logging.getLogger("finetune_study")
-C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # params.yaml's train_head.c_grid
+PARAMS_FILE = ROOT / "params.yaml"  # prepare, extract and train_head as committed
 
 
 def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
           class_balance: str) -> Path:
-    """prepare, extract (once per work folder) and train_head; the head file's path."""
+    """prepare, extract (once per work folder) and train_head with the committed params
+    (as `dvc exp run` would, extract's runtime included); the head file's path."""
     prepared, features, cache = work / "prepared", work / "features", work / "cache"
+    split = load_section(PrepareParams, "prepare", PARAMS_FILE)
+    extracting = load_section(ExtractParams, "extract", PARAMS_FILE)
+    fitting = load_section(TrainHeadParams, "train_head", PARAMS_FILE)
     if not prepared.exists():
         prepare(source=source, out_dir=prepared, metrics_path=work / "prepare.json",
-                report_path=work / "skipped.csv", seed=0, val_fraction=0.15,
-                test_fraction=0.15, image_size=backbone.input_size or 224, cache_dir=cache)
+                report_path=work / "skipped.csv", seed=split.seed,
+                val_fraction=split.val_fraction, test_fraction=split.test_fraction,
+                image_size=backbone.input_size or split.image_size,
+                shard_size=split.shard_size, on_error=split.on_error, cache_dir=cache)
     if not features.exists():
         extract(prepared_dir=prepared, features_dir=features, backbone_name=backbone.name,
-                pretrained=True, weights=None, batch_size=32, input_size=backbone.input_size,
-                cache_dir=cache)
+                pretrained=True, weights=None, batch_size=extracting.batch_size,
+                input_size=backbone.input_size, cache_dir=cache,
+                runtime=extracting.runtime, precision=extracting.precision)
     head = work / f"head-{class_balance}-{select_by}.pt"
     train_head(features_dir=features, head_path=head, metrics_path=head.with_suffix(".json"),
-               sweep_path=head.with_suffix(".csv"), c_grid=C_GRID, max_iter=1000,
-               select_by=select_by, class_balance=class_balance)
+               sweep_path=head.with_suffix(".csv"), c_grid=fitting.c_grid,
+               max_iter=fitting.max_iter, select_by=select_by, class_balance=class_balance)
     return head
 
 
