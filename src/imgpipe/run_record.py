@@ -206,7 +206,7 @@ def _fingerprint(prepared_dir: Path) -> str | None:
     manifest_path = prepared_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
-    if _per_image(manifest_path):
+    if per_image_manifest(manifest_path):
         return hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:16]
     try:
         return dataset_digest(prepared_dir)[:16]
@@ -221,7 +221,7 @@ def _prepared_dataset(prepared_dir: Path, source: Path, name: str,
     if digest is None:
         return None
     manifest_path = prepared_dir / MANIFEST_NAME
-    if _per_image(manifest_path):
+    if per_image_manifest(manifest_path):
         table = pd.read_csv(manifest_path)
     else:
         try:
@@ -232,8 +232,9 @@ def _prepared_dataset(prepared_dir: Path, source: Path, name: str,
     return DatasetInput(table=table, digest=digest, name=name, source=str(source))
 
 
-def _per_image(manifest_path: Path) -> bool:
-    """A manifest.csv from before the per-shard layout: one row per image."""
+def per_image_manifest(manifest_path: Path) -> bool:
+    """A manifest.csv from before the per-shard layout: one row per image (sync-mlflow
+    meets these in older commits)."""
     with manifest_path.open() as handle:
         return handle.readline().startswith("image_id,")
 

@@ -33,11 +33,16 @@ from imgpipe.errors import PipelineError
 from imgpipe.manifest import (
     CLASSES_NAME,
     INDEX_NAMES,
-    MANIFEST_COLUMNS,
     MANIFEST_NAME,
     shard_index,
 )
-from imgpipe.run_record import ResultPaths, build_record, from_command, result_key
+from imgpipe.run_record import (
+    ResultPaths,
+    build_record,
+    from_command,
+    per_image_manifest,
+    result_key,
+)
 from imgpipe.tracking import connect, log_run
 
 if TYPE_CHECKING:
@@ -161,13 +166,10 @@ def _index_beside(manifest: Path) -> list[str]:
     """The prepared folder's other files a run's dataset is read from, by the layout of
     `manifest` (imgpipe.manifest): the split, classes, preprocessing and every shard's
     index; for a commit before the per-shard manifest, the classes only."""
-    if not manifest.is_file():
+    if not manifest.is_file() or per_image_manifest(manifest):  # the old one is complete
         return [CLASSES_NAME]
     with manifest.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or tuple(rows[0]) != MANIFEST_COLUMNS:  # one row per image: complete
-        return [CLASSES_NAME]
-    shards = [shard_index(row[0]) for row in rows[1:]]
+        shards = [shard_index(row[0]) for row in list(csv.reader(handle))[1:]]
     return [name for name in INDEX_NAMES if name != MANIFEST_NAME] + shards
 
 
