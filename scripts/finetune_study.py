@@ -36,6 +36,7 @@ from extract import extract  # noqa: E402
 from finetune_full import (  # noqa: E402
     FinetunePaths,
     Recipe,
+    _batchnorm_folded,
     _loaders,
     _probe_model,
     _training,
@@ -106,7 +107,8 @@ def first_steps(prepared: Path, head: Path, recipe: Recipe, steps: int) -> None:
     params, device = recipe.finetune, torch.device("cpu")
     frozen = set_trainable(model, backbone, recipe.freeze, params.trainable_blocks,
                            params.trainable_patterns)
-    loaders = _loaders(prepared, model, backbone, recipe, device, ranks=ALONE)
+    loaders = _batchnorm_folded(_loaders(prepared, model, backbone, recipe, device,
+                                         ranks=ALONE), model, backbone)
     net = loaders.net or model
     paths = FinetunePaths(prepared, head, *(Path("unused"),) * 3)
     training = _training(model, frozen, paths, recipe, len(classes), device,

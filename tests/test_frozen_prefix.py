@@ -23,10 +23,12 @@ def test_tail_of_the_prefix_is_the_whole_network(frozen_blocks: int) -> None:
     prefix, tail = frozen_prefix.split(model, backbone, frozen_blocks)
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(tail(prefix(images)), model(images), rtol=0, atol=1e-5)
+        # The prefix has BatchNorm folded in: equal to float32 rounding.
+        assert torch.allclose(tail(prefix(images)), model(images), rtol=0, atol=1e-4)
     # Shared parameters: training the tail trains the model that gets saved.
     assert tail.head is model.head and {id(p) for p in tail.parameters()} <= {
         id(p) for p in model.parameters()}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in prefix.modules())
 
 
 def test_only_efficientnet_lite_is_split() -> None:

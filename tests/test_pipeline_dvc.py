@@ -78,6 +78,7 @@ CODE_EDITS = {
     "src/imgpipe/augment.py": {"finetune_full"},  # the augmentation
     "src/imgpipe/finetune.py": {"finetune_full"},  # the fine-tuning loop
     "src/imgpipe/optim.py": {"finetune_full"},
+    "src/imgpipe/folded_training.py": {"finetune_full"},  # fine-tuning only, not extract
     "src/imgpipe/head.py": {"train_head", "finetune_full"},  # the saved head's format
     "src/imgpipe/probe.py": {"train_head"},  # fitting the probe: fine-tuning does not rerun
     "src/imgpipe/tracking.py": {"evaluate"},  # MLflow logging

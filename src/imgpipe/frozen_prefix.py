@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgpipe.backbones import Backbone
 from imgpipe.data import ImageDataset
-from imgpipe.efficientnet_lite import EfficientNetLite
+from imgpipe.efficientnet_lite import EfficientNetLite, fold_batchnorm
 from imgpipe.finetune import to_device
 from imgpipe.model import ImageClassifier
 
@@ -76,7 +76,9 @@ class TailClassifier(nn.Module):
 
 def _split_lite(trunk: EfficientNetLite, frozen_blocks: int) -> tuple[nn.Module, nn.Module]:
     count = min(frozen_blocks - 1, len(trunk._blocks))  # MBConv blocks after the stem
-    return _LitePrefix(trunk, count), _LiteTail(trunk, count)
+    # The prefix never trains: a copy with BatchNorm folded into its convolutions computes
+    # the maps about 1.4x as fast (to float32 rounding, like extract's).
+    return _LitePrefix(fold_batchnorm(trunk), count), _LiteTail(trunk, count)
 
 
 # Backbone family key -> (trunk, frozen blocks) -> (prefix, tail) with
@@ -91,7 +93,9 @@ SPLITS: dict[str, Callable[[nn.Module, int], tuple[nn.Module, nn.Module]]] = {
 
 def split(model: ImageClassifier, backbone: Backbone,
           frozen_blocks: int) -> tuple[nn.Module, TailClassifier] | None:
-    """(prefix, tail classifier) with tail(prefix(x)) == model(x), or None.
+    """(prefix, tail classifier) with tail(prefix(x)) == model(x) (to float32 rounding),
+    or None. The tail shares the model's parameters; the prefix may be an eval-mode copy
+    of the frozen blocks as they are now (for computing the maps once, not for training).
 
     `frozen_blocks` counts `backbone.blocks` from the input (the stem is block 0). None
     where this family's trunk cannot be split (see `SPLITS`) or nothing is frozen: the
