@@ -77,13 +77,10 @@ class SameConv2d(nn.Conv2d):
                          padding=kernel_size // 2 if symmetric else 0, groups=groups, bias=bias)
         self._pads_explicitly = not symmetric
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor | None) -> torch.Tensor:
-        # Padding here rather than in forward: a caller passing other weights (training
-        # with BatchNorm folded in, folded_training) pads the same way.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._pads_explicitly:
             x = F.pad(x, _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
-        return super()._conv_forward(x, weight, bias)
+        return super().forward(x)
 
 
 def _same_padding(size: torch.Size, kernel: int, stride: int) -> list[int]:
@@ -176,21 +173,12 @@ def fold_batchnorm(net: EfficientNetLite) -> EfficientNetLite:
     rounding (about 1e-5), not bit for bit; for frozen use only (extract), never training.
     """
     folded = copy.deepcopy(net).eval()
-    for owner, conv, bn in conv_bn_pairs(folded):
+    pairs = [(folded, "_conv_stem", "_bn0"), (folded, "_conv_head", "_bn1")]
+    for block in folded._blocks:
+        if block.expands:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv, bn in pairs:
         setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
         setattr(owner, bn, nn.Identity())
     return folded
-
-
-def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(owner, convolution attribute, BatchNorm attribute) of every convolution whose
-    output goes through a BatchNorm and nowhere else, in the Lite parts of `module`."""
-    pairs: list[tuple[nn.Module, str, str]] = []
-    for owner in module.modules():
-        if isinstance(owner, EfficientNetLite):
-            pairs += [(owner, "_conv_stem", "_bn0"), (owner, "_conv_head", "_bn1")]
-        elif isinstance(owner, MBConvBlock):
-            if owner.expands:
-                pairs.append((owner, "_expand_conv", "_bn0"))
-            pairs += [(owner, "_depthwise_conv", "_bn1"), (owner, "_project_conv", "_bn2")]
-    return pairs

@@ -240,7 +240,8 @@ def fit(model: ImageClassifier, training: Training, loaders: Loaders, selection:
     """Train up to `selection.epochs`, keeping the best-on-val weights of `model`.
 
     `loaders.net` trains and scores on the loaders' inputs: `model` itself on images, or
-    its tail on cached maps (frozen_prefix); either way it shares `model`'s parameters.
+    its tail on cached maps (frozen_prefix), either possibly with BatchNorm folded into
+    the convolutions (folded_training); either way it shares `model`'s parameters.
     `loaders.train` must draw from a `DistributedSampler` (one replica when alone): its
     order depends only on the seed and the epoch. After every epoch the whole training
     state (weights, optimizer, schedule, every worker's random generator, history) is

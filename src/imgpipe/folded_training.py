@@ -10,8 +10,9 @@ backward, are gone: about a fifth of a lite0 training step on the CPU.
 
 The folded network is a second module tree over the same leaf modules as the model (the
 same parameters, buffers and train/eval modes): training it trains the model, whose state
-dict, checkpoints and saved file keep their keys. A BatchNorm in train mode
-(`bn_stats: update`) runs as it is.
+dict, checkpoints and saved file keep their keys. Only the containers are copies, so a
+hook or plain attribute set on a container of the model after the copy is not seen by
+it. A BatchNorm in train mode (`bn_stats: update`) runs as it is.
 """
 
 from __future__ import annotations
@@ -23,17 +24,33 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from imgpipe import efficientnet_lite
+from imgpipe.efficientnet_lite import EfficientNetLite, MBConvBlock
 
 _logger = logging.getLogger(__name__)
+Pairs = list[tuple[nn.Module, str, str]]  # (owner, conv attribute, BatchNorm attribute)
 
-# Backbone family key -> the (owner, conv attribute, BatchNorm attribute) pairs of a
-# module holding that family's trunk or parts of it. A family missing here trains with its
-# BatchNorm layers as they are.
-PAIRS: dict[str, Callable[[nn.Module], list[tuple[nn.Module, str, str]]]] = {
-    "efficientnet_lite": efficientnet_lite.conv_bn_pairs,
-}
+
+def _lite_pairs(module: nn.Module) -> Pairs:
+    """Every conv -> BN pair in the EfficientNet-Lite parts of `module` (the pairs
+    efficientnet_lite.fold_batchnorm folds for extract)."""
+    pairs: Pairs = []
+    for owner in module.modules():
+        if isinstance(owner, EfficientNetLite):
+            pairs += [(owner, "_conv_stem", "_bn0"), (owner, "_conv_head", "_bn1")]
+        elif isinstance(owner, MBConvBlock):
+            if owner.expands:
+                pairs.append((owner, "_expand_conv", "_bn0"))
+            pairs += [(owner, "_depthwise_conv", "_bn1"), (owner, "_project_conv", "_bn2")]
+    return pairs
+
+
+# Backbone family key -> the conv -> BN pairs of a module holding that family's trunk or
+# parts of it, each convolution's output going through its BatchNorm and nowhere else.
+# Kept here, not in the family's module, so that extract's code and cache key stay out of
+# it (as frozen_prefix.SPLITS). A family missing here trains its BatchNorm layers as they are.
+PAIRS: dict[str, Callable[[nn.Module], Pairs]] = {"efficientnet_lite": _lite_pairs}
 
 
 class ConvBatchNorm(nn.Module):
@@ -51,7 +68,9 @@ class ConvBatchNorm(nn.Module):
         bias = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             bias = bias + conv.bias * scale
-        return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias)
+        # The convolution's own forward (its padding, e.g. TensorFlow "same"), other weights.
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+        return functional_call(conv, {"weight": weight, "bias": bias}, (x,))
 
 
 def folded(net: nn.Module, family: str) -> nn.Module | None:
