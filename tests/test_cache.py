@@ -14,6 +14,7 @@ from make_digits import render_digits
 
 import imgpipe.featurize
 import imgpipe.prepare_image
+from counting import count_calls
 from imgpipe.cache import FileCache, ItemStore
 from imgpipe.features import load_split
 from stages.extract import extract
@@ -49,15 +50,7 @@ def run_extract(prepared: Path, out: Path, cache_dir: Path | None, **backbone) -
 @pytest.fixture
 def decoded(monkeypatch) -> list[int]:
     """Counts images prepare decodes and resizes."""
-    calls: list[int] = []
-    real = imgpipe.prepare_image.square_resize
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(imgpipe.prepare_image, "square_resize", counting)
-    return calls
+    return count_calls(monkeypatch, imgpipe.prepare_image, "square_resize")
 
 
 @pytest.fixture

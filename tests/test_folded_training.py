@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from counting import count_calls
 from imgpipe import folded_training, frozen_prefix
 from imgpipe.backbones import Backbone, build_backbone
 from imgpipe.finetune import Training, set_trainable, train_epoch
@@ -42,15 +43,7 @@ LABELS = torch.tensor([0, 1, 2, 1])
 @pytest.fixture
 def batch_norm_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times a BatchNorm layer normalised on its own (not folded)."""
-    calls: list[int] = []
-    original = nn.functional.batch_norm
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(nn.functional, "batch_norm", counting)
-    return calls
+    return count_calls(monkeypatch, nn.functional, "batch_norm")
 
 
 def test_folded_network_gives_the_same_logits_and_gradients(batch_norm_calls: list[int],
