@@ -19,14 +19,16 @@ something to gain. Deterministic for a seed:
     python scripts/make_scratches.py --out data/faint --contrast 0.5  # the same, fainter
 
 `--contrast` scales every grade's line contrast and changes nothing else (the same
-backgrounds, scratch positions and noise for a seed): at 0.5 the probe's macro-F1 falls
-to the held-out set's regime, where the rare grades are mostly missed.
+backgrounds, scratch positions and noise for a seed): at 0.5 the linear probe's test
+macro-F1 falls from 0.64 to 0.56 and it finds 7 of the 57 rare-grade test images
+(README, "The faint variant").
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +89,9 @@ def _sensor(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def make_scratches(out_dir: Path, count: int, size: int, seed: int,
                    contrast: float = 1.0) -> dict[str, int]:
-    """Write `count` PNGs as `out_dir/<grade>/<index>.png`; returns images per grade."""
-    if not contrast > 0:
+    """Write `count` PNGs as `out_dir/<grade>/<index>.png`, every scratch's contrast
+    scaled by `contrast` (1: the grades as listed in GRADES); returns images per grade."""
+    if not (math.isfinite(contrast) and contrast > 0):
         raise ValueError(f"contrast={contrast}: use a positive factor (1 = the default "
                          "grades, 0.5 = half their line contrast)")
     if out_dir.exists():
