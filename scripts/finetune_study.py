@@ -67,13 +67,15 @@ PARAMS_FILE = ROOT / "params.yaml"  # prepare, extract and train_head as committ
 
 
 def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
-          class_balance: str) -> Path:
-    """prepare, extract (once per work folder) and train_head with the committed params
-    (as `dvc exp run` would, extract's runtime included); the head file's path."""
+          class_balance: str, params_file: Path = PARAMS_FILE) -> Path:
+    """prepare, extract (once per work folder) and train_head with `params_file`'s params,
+    the committed ones by default (as `dvc exp run` would, extract's runtime included);
+    the head file's path. The prepared split is kept per work folder: give another
+    prepare.seed its own `work`."""
     prepared, features, cache = work / "prepared", work / "features", work / "cache"
-    split = load_section(PrepareParams, "prepare", PARAMS_FILE)
-    extracting = load_section(ExtractParams, "extract", PARAMS_FILE)
-    fitting = load_section(TrainHeadParams, "train_head", PARAMS_FILE)
+    split = load_section(PrepareParams, "prepare", params_file)
+    extracting = load_section(ExtractParams, "extract", params_file)
+    fitting = load_section(TrainHeadParams, "train_head", params_file)
     if not prepared.exists():
         prepare(source=source, out_dir=prepared, metrics_path=work / "prepare.json",
                 report_path=work / "skipped.csv", seed=split.seed,
@@ -144,6 +146,9 @@ def main() -> None:
                         help="all: the probe alone, scored on test")
     parser.add_argument("--input-size", type=int, default=None,
                         help="pixels for prepare and the network (default: 224, lite0's)")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE,
+                        help="params file for prepare, extract and train_head (default: the "
+                             "committed one); another prepare.seed needs its own --work")
     parser.add_argument("--select-by", default="accuracy")
     parser.add_argument("--class-balance", default="none")
     parser.add_argument("--finetune", default="{}", help="JSON: finetune_full overrides")
@@ -154,7 +159,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     backbone = BackboneParams("efficientnet_lite0", pretrained=True, input_size=args.input_size)
     args.work.mkdir(parents=True, exist_ok=True)
-    head = probe(args.source, args.work, backbone, args.select_by, args.class_balance)
+    head = probe(args.source, args.work, backbone, args.select_by, args.class_balance,
+                 args.params)
     recipe = Recipe(args.freeze, backbone, FinetuneParams(**json.loads(args.finetune)),
                     AugmentParams(**json.loads(args.augment)), args.select_by,
                     args.class_balance)

@@ -41,3 +41,23 @@ def test_the_study_prepares_extracts_and_fits_with_the_committed_params(
     sweep = pd.read_csv(head.with_suffix(".csv"))
     assert list(sweep["c"]) == COMMITTED["train_head"]["c_grid"]
     assert head.is_file()
+
+
+def test_another_params_file_gives_another_split(digits_dir: Path, tmp_path: Path) -> None:
+    """`--params` with another prepare.seed: the study prepares that seed's split (what the
+    README's other-splits rows ran) and fits that file's C grid."""
+    other = dict(COMMITTED)
+    other["prepare"] = {**COMMITTED["prepare"], "seed": 1}
+    other["train_head"] = {**COMMITTED["train_head"], "c_grid": [0.5]}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(other))
+    backbone = BackboneParams("efficientnet_lite0", pretrained=True, input_size=32)
+    splits = {}
+    for name, file in (("committed", finetune_study.PARAMS_FILE), ("other", params_file)):
+        head = finetune_study.probe(digits_dir, tmp_path / name, backbone, "accuracy", "none",
+                                    file)
+        splits[name] = pd.read_csv(tmp_path / name / "prepared" / "splits.csv")
+        grid = list(pd.read_csv(head.with_suffix(".csv"))["c"])
+    assert grid == [0.5]
+    assert list(splits["committed"]["image_id"]) == list(splits["other"]["image_id"])
+    assert list(splits["committed"]["split"]) != list(splits["other"]["split"])
