@@ -47,12 +47,14 @@ from train_head import train_head  # noqa: E402
 
 from imgpipe.data import ImageDataset  # noqa: E402
 from imgpipe.distributed import ALONE  # noqa: E402
+from imgpipe.errors import ParamsError  # noqa: E402
 from imgpipe.finetune import (  # noqa: E402
     EpochResult,
     evaluate_epoch,
     set_trainable,
     train_epoch,
 )
+from imgpipe.io import read_json, write_json  # noqa: E402
 from imgpipe.manifest import read_manifest  # noqa: E402
 from imgpipe.model import load_model  # noqa: E402
 from imgpipe.params import BackboneParams, load_section  # noqa: E402
@@ -76,6 +78,9 @@ def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
     split = load_section(PrepareParams, "prepare", params_file)
     extracting = load_section(ExtractParams, "extract", params_file)
     fitting = load_section(TrainHeadParams, "train_head", params_file)
+    _same_inputs(work, {"prepare": dataclasses.asdict(split),
+                        "extract": dataclasses.asdict(extracting),
+                        "input_size": backbone.input_size, "source": str(source)})
     if not prepared.exists():
         prepare(source=source, out_dir=prepared, metrics_path=work / "prepare.json",
                 report_path=work / "skipped.csv", seed=split.seed,
@@ -92,6 +97,20 @@ def probe(source: Path, work: Path, backbone: BackboneParams, select_by: str,
                sweep_path=head.with_suffix(".csv"), c_grid=fitting.c_grid,
                max_iter=fitting.max_iter, select_by=select_by, class_balance=class_balance)
     return head
+
+
+def _same_inputs(work: Path, inputs: dict) -> None:
+    """Record what the work folder's prepared split and features are made from, or refuse
+    a run whose prepare or extract params differ from the recorded ones."""
+    record = work / "study_inputs.json"
+    if not record.is_file():
+        write_json(record, inputs)
+        return
+    made = read_json(record)
+    if made != json.loads(json.dumps(inputs)):
+        changed = sorted(key for key in inputs if made.get(key) != inputs[key])
+        raise ParamsError(f"{work} holds a split and features made with other {changed} "
+                          f"({record}): give this run its own --work")
 
 
 def test_scores(prepared: Path, model_path: Path) -> EpochResult:
@@ -148,7 +167,8 @@ def main() -> None:
                         help="pixels for prepare and the network (default: 224, lite0's)")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE,
                         help="params file for prepare, extract and train_head (default: the "
-                             "committed one); another prepare.seed needs its own --work")
+                             "committed one; its data section is not read); another "
+                             "prepare.seed needs its own --work")
     parser.add_argument("--select-by", default="accuracy")
     parser.add_argument("--class-balance", default="none")
     parser.add_argument("--finetune", default="{}", help="JSON: finetune_full overrides")

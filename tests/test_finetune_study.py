@@ -6,8 +6,10 @@ from pathlib import Path
 
 import finetune_study
 import pandas as pd
+import pytest
 import yaml
 
+from imgpipe.errors import ParamsError
 from imgpipe.params import BackboneParams
 
 COMMITTED = yaml.safe_load((finetune_study.PARAMS_FILE).read_text())
@@ -59,5 +61,8 @@ def test_another_params_file_gives_another_split(digits_dir: Path, tmp_path: Pat
         splits[name] = pd.read_csv(tmp_path / name / "prepared" / "splits.csv")
         grid = list(pd.read_csv(head.with_suffix(".csv"))["c"])
     assert grid == [0.5]
+    with pytest.raises(ParamsError, match="its own --work"):  # the seed-1 split is kept there
+        finetune_study.probe(digits_dir, tmp_path / "other", backbone, "accuracy", "none",
+                             finetune_study.PARAMS_FILE)
     assert list(splits["committed"]["image_id"]) == list(splits["other"]["image_id"])
     assert list(splits["committed"]["split"]) != list(splits["other"]["split"])
