@@ -72,12 +72,20 @@ def check_made_with(images: FeatureSet, classes: list[str], prepare: PreparePara
 
 def redraw(images: FeatureSet, classes: list[str], prepare: PrepareParams,
            seed: int) -> dict[str, FeatureSet]:
-    """The train/val/test split prepare makes with `seed` (and the other prepare params)."""
+    """The train/val/test split prepare makes with `seed` (and the other prepare params),
+    each split's rows in extract's order (class, then image id), so that a draw of the
+    features' own seed fits exactly the probe train_head fitted (the fit's sums follow
+    row order; two C values can tie on val to the last digits)."""
     split = np.array(stratified_split([classes[label] for label in images.labels],
                                       list(images.image_ids), prepare.val_fraction,
                                       prepare.test_fraction, seed))
-    return {name: FeatureSet(images.features[split == name], images.labels[split == name],
-                             images.image_ids[split == name]) for name in SPLITS}
+    sets = {}
+    for name in SPLITS:
+        rows = np.flatnonzero(split == name)
+        rows = rows[np.lexsort((images.image_ids[rows], images.labels[rows]))]
+        sets[name] = FeatureSet(images.features[rows], images.labels[rows],
+                                images.image_ids[rows])
+    return sets
 
 
 def probe_scores(sets: dict[str, FeatureSet], num_classes: int, fitting: TrainHeadParams,

@@ -27,17 +27,14 @@ FIXTURE_FIT = TrainHeadParams(c_grid=[0.1, 1.0], max_iter=500)
 def test_draw_0_is_the_split_prepare_made_and_the_probe_train_head_fitted(
         probed: dict[str, Path]) -> None:
     """Re-drawn with prepare's seed, the pooled features fall back into extract's three
-    splits row for row, and the probe chooses the C train_head chose."""
+    splits row for row, in extract's order, and the probe chooses the C train_head chose."""
     images, classes, _ = probe_splits.pooled(probed["features"])
     sets = probe_splits.redraw(images, classes, FIXTURE_PREPARE, seed=0)
     for split in SPLITS:
         written = load_split(probed["features"], split)
-        order = np.argsort(sets[split].image_ids)
-        written_order = np.argsort(written.image_ids)
-        assert list(sets[split].image_ids[order]) == list(written.image_ids[written_order])
-        np.testing.assert_array_equal(sets[split].features[order],
-                                      written.features[written_order])
-        np.testing.assert_array_equal(sets[split].labels[order], written.labels[written_order])
+        assert list(sets[split].image_ids) == list(written.image_ids)
+        np.testing.assert_array_equal(sets[split].features, written.features)
+        np.testing.assert_array_equal(sets[split].labels, written.labels)
     chosen = probe_splits.probe_scores(sets, len(classes), FIXTURE_FIT, "none", "accuracy")
     fitted = json.loads((probed["root"] / "train_head.json").read_text())
     assert chosen["C"] == fitted["best_c"]
@@ -50,6 +47,9 @@ def test_another_seed_moves_images_but_keeps_each_class_share(probed: dict[str, 
     assert set(first["test"].image_ids) != set(other["test"].image_ids)
     for split in SPLITS:
         assert np.array_equal(np.bincount(first[split].labels), np.bincount(other[split].labels))
+        # extract's row order (the manifest's: class, then image id), which the fit follows
+        rows = list(zip(other[split].labels, other[split].image_ids))
+        assert rows == sorted(rows)
 
 
 def test_the_summary_compares_every_variant_with_the_first() -> None:
