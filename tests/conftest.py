@@ -12,7 +12,15 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from make_digits import render_digits  # noqa: E402
 
+from imgpipe.params_head import TrainHeadParams  # noqa: E402
+from imgpipe.params_prepare import PrepareParams  # noqa: E402
 from unit_backbone import LITE0  # noqa: E402
+
+# What the `probed` fixture runs prepare and train_head with (tests that redo its split or
+# fit read them here).
+PROBED_PREPARE = PrepareParams(seed=0, val_fraction=0.2, test_fraction=0.2, image_size=64,
+                               shard_size=1000, on_error="skip")
+PROBED_FIT = TrainHeadParams(c_grid=[0.1, 1.0], max_iter=500)
 
 # Test files that take minutes, longest first (summed durations of one `make test` in the
 # work tree, 2026-12-06, Intel Xeon family 6 model 106: about 490, 250, 240 and 200 s; every
@@ -53,14 +61,16 @@ def probed(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[s
     paths = {"prepared": root / "prepared", "features": root / "features",
              "head": root / "models" / "head.pt", "root": root}
     prepare(source=digits_dir, out_dir=paths["prepared"], metrics_path=root / "prepare.json",
-            report_path=root / "skipped.csv", seed=0, val_fraction=0.2, test_fraction=0.2,
-            image_size=64, shard_size=1000)
+            report_path=root / "skipped.csv", seed=PROBED_PREPARE.seed,
+            val_fraction=PROBED_PREPARE.val_fraction,
+            test_fraction=PROBED_PREPARE.test_fraction,
+            image_size=PROBED_PREPARE.image_size, shard_size=PROBED_PREPARE.shard_size)
     extract(prepared_dir=paths["prepared"], features_dir=paths["features"],
             backbone_name=LITE0.name, pretrained=LITE0.pretrained, weights=None,
             input_size=LITE0.input_size, batch_size=16)
     train_head(features_dir=paths["features"], head_path=paths["head"],
                metrics_path=root / "train_head.json", sweep_path=root / "sweep.csv",
-               c_grid=[0.1, 1.0], max_iter=500)
+               c_grid=PROBED_FIT.c_grid, max_iter=PROBED_FIT.max_iter)
     return paths
 
 

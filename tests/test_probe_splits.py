@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,17 +12,12 @@ import pandas as pd
 import probe_splits
 import pytest
 
+from conftest import PROBED_FIT, PROBED_PREPARE
 from imgpipe.errors import DataError
 from imgpipe.features import FeatureSet, load_split
 from imgpipe.manifest import read_manifest
-from imgpipe.params_head import TrainHeadParams
 from imgpipe.params_prepare import PrepareParams
 from imgpipe.splits import SPLITS
-
-# The `probed` fixture's prepare and train_head arguments (tests/conftest.py).
-FIXTURE_PREPARE = PrepareParams(seed=0, val_fraction=0.2, test_fraction=0.2, image_size=64,
-                                shard_size=1000, on_error="skip")
-FIXTURE_FIT = TrainHeadParams(c_grid=[0.1, 1.0], max_iter=500)
 
 
 def test_draw_0_is_the_split_prepare_made_and_the_probe_train_head_fitted(
@@ -29,21 +25,21 @@ def test_draw_0_is_the_split_prepare_made_and_the_probe_train_head_fitted(
     """Re-drawn with prepare's seed, the pooled features fall back into extract's three
     splits row for row, in extract's order, and the probe chooses the C train_head chose."""
     images, classes, _ = probe_splits.pooled(probed["features"])
-    sets = probe_splits.redraw(images, classes, FIXTURE_PREPARE, seed=0)
+    sets = probe_splits.redraw(images, classes, PROBED_PREPARE, seed=0)
     for split in SPLITS:
         written = load_split(probed["features"], split)
         assert list(sets[split].image_ids) == list(written.image_ids)
         np.testing.assert_array_equal(sets[split].features, written.features)
         np.testing.assert_array_equal(sets[split].labels, written.labels)
-    chosen = probe_splits.probe_scores(sets, len(classes), FIXTURE_FIT, "none", "accuracy")
+    chosen = probe_splits.probe_scores(sets, len(classes), PROBED_FIT, "none", "accuracy")
     fitted = json.loads((probed["root"] / "train_head.json").read_text())
     assert chosen["C"] == fitted["best_c"]
 
 
 def test_another_seed_moves_images_but_keeps_each_class_share(probed: dict[str, Path]) -> None:
     images, classes, _ = probe_splits.pooled(probed["features"])
-    first = probe_splits.redraw(images, classes, FIXTURE_PREPARE, seed=0)
-    other = probe_splits.redraw(images, classes, FIXTURE_PREPARE, seed=1)
+    first = probe_splits.redraw(images, classes, PROBED_PREPARE, seed=0)
+    other = probe_splits.redraw(images, classes, PROBED_PREPARE, seed=1)
     assert set(first["test"].image_ids) != set(other["test"].image_ids)
     for split in SPLITS:
         assert np.array_equal(np.bincount(first[split].labels), np.bincount(other[split].labels))
@@ -103,9 +99,8 @@ def test_draws_follow_prepare_with_unequal_fractions_chosen_classes_and_skipped_
 
 def test_params_that_did_not_make_the_split_are_refused(probed: dict[str, Path]) -> None:
     images, classes, made = probe_splits.pooled(probed["features"])
-    probe_splits.check_made_with(images, classes, FIXTURE_PREPARE, made, Path("ok.yaml"))
-    other = PrepareParams(seed=1, val_fraction=0.2, test_fraction=0.2, image_size=64,
-                          shard_size=1000, on_error="skip")
+    probe_splits.check_made_with(images, classes, PROBED_PREPARE, made, Path("ok.yaml"))
+    other = dataclasses.replace(PROBED_PREPARE, seed=1)
     with pytest.raises(DataError, match="pass the --params file they were made with"):
         probe_splits.check_made_with(images, classes, other, made, Path("other.yaml"))
 
