@@ -39,6 +39,7 @@ from finetune_full import (  # noqa: E402
     _batchnorm_folded,
     _loaders,
     _probe_model,
+    _start_from_lowest_loss,
     _training,
     finetune_full,
 )
@@ -130,6 +131,7 @@ def first_steps(prepared: Path, head: Path, recipe: Recipe, steps: int) -> None:
                            params.trainable_patterns)
     loaders = _batchnorm_folded(_loaders(prepared, model, backbone, recipe, device,
                                          ranks=ALONE), model, backbone)
+    _start_from_lowest_loss(model, head, recipe, classes, backbone)
     net = loaders.net or model
     paths = FinetunePaths(prepared, head, *(Path("unused"),) * 3)
     training = _training(model, frozen, paths, recipe, len(classes), device,

@@ -313,3 +313,30 @@ def test_the_epoch_is_chosen_by_the_selected_val_score(probed, tmp_path: Path) -
     assert metrics["best_epoch"] == best_index(rows, "macro_f1")
     assert metrics["val_macro_f1"] == max(row["val_macro_f1"] for row in rows)
     assert all(row["val_balanced_accuracy"] <= 1 for row in rows)
+
+
+def test_training_starts_from_the_lowest_loss_probe_and_epoch_0_stays_the_chosen_one(
+        probed, tmp_path: Path) -> None:
+    # A head file whose fine-tuning start (another C) differs from the probe select_by
+    # chose; with a vanishing learning rate epoch 1 scores the start itself.
+    chosen = torch.load(probed["head"], weights_only=True)
+    start = {"weight": chosen["weight"] * 0.5, "bias": chosen["bias"] * 0.5,
+             "c": chosen["c"] / 10}
+    torch.save({**chosen, "start": start}, tmp_path / "head.pt")
+    torch.save({**chosen, **start, "start": start}, tmp_path / "start_chosen.pt")
+    histories = []
+    for name in ("head.pt", "start_chosen.pt"):
+        run = tmp_path / name.removesuffix(".pt")
+        run.mkdir()
+        finetune_full(FinetunePaths(probed["prepared"], tmp_path / name, run / "model.pt",
+                                    run / "m.json", run / "history.csv"),
+                      Recipe("partial", LITE0, FinetuneParams(
+                          trainable_blocks=1, epochs=1, batch_size=8, lr=1e-12,
+                          weight_decay=0.0, head_lr_mult=1.0)))
+        histories.append(pd.read_csv(run / "history.csv"))
+    both, alone = histories
+    assert both["val_loss"][1] == pytest.approx(alone["val_loss"][0], abs=1e-6)
+    assert both["val_loss"][0] != pytest.approx(both["val_loss"][1], abs=1e-3)
+    # Epoch 0 is the chosen probe, the one freeze=all keeps.
+    all_run = run_finetune(probed, tmp_path / "all", "all")
+    assert both["val_loss"][0] == pytest.approx(all_run["val_loss"], abs=1e-6)

@@ -19,6 +19,7 @@ from imgpipe.probe import (
     best_point,
     boundary_margin,
     fit_linear_probe,
+    start_point,
 )
 
 INFO = BackboneInfo("efficientnet_lite0", True, None, 5, 224, [0.5] * 3, [0.5] * 3)
@@ -31,6 +32,16 @@ def blobs(n_per_class: int, num_classes: int, seed: int, spread: float = 1.0) ->
     labels = np.repeat(np.arange(num_classes), n_per_class)
     features = centres[labels] + rng.normal(scale=spread, size=(len(labels), 5))
     features *= np.array([1, 10, 100, 0.1, 1000])
+    return FeatureSet(features.astype(np.float32), labels.astype(np.int64),
+                      np.array([f"id{i}" for i in range(len(labels))]))
+
+
+def wide(n_per_class: int, seed: int, dim: int = 40) -> FeatureSet:
+    """Three overlapping classes in `dim` features: a large C fits train exactly."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(3, dim)) * 0.5
+    labels = np.repeat(np.arange(3), n_per_class)
+    features = centres[labels] + rng.normal(size=(len(labels), dim))
     return FeatureSet(features.astype(np.float32), labels.astype(np.int64),
                       np.array([f"id{i}" for i in range(len(labels))]))
 
@@ -55,6 +66,40 @@ def test_c_is_chosen_on_val_accuracy_then_loss() -> None:
     probe = fit_linear_probe(train, val, 3, c_grid=[1.0, 1e-4, 1e-2], max_iter=500)
     assert [p.c for p in probe.sweep] == [1e-4, 1e-2, 1.0]  # swept in order
     assert probe.best_c == best_point(probe.sweep).c
+
+
+def test_fine_tuning_starts_at_the_lowest_val_loss_then_the_smallest_c() -> None:
+    sweep = [point(0.01, 0.80, 0.40, macro_f1=0.50), point(0.1, 0.85, 0.30, macro_f1=0.55),
+             point(10.0, 0.85, 0.90, macro_f1=0.60), point(100.0, 0.80, 0.30)]
+    assert best_point(sweep, "macro_f1").c == 10.0  # what select_by keeps as the probe
+    assert start_point(sweep).c == 0.1  # ties on loss go to the smaller C
+
+
+def test_the_saved_start_is_the_probe_refitted_at_its_c(tmp_path: Path) -> None:
+    # More features than train images per class: macro-F1 and val loss pick different C.
+    train, val = wide(15, seed=1), wide(20, seed=11)
+    grid = [0.001, 0.01, 0.1, 100.0]
+    probe = fit_linear_probe(train, val, 3, c_grid=grid, max_iter=1000, select_by="macro_f1")
+    losses = {p.c: p.val_loss for p in probe.sweep}
+    assert probe.start_c == min(grid, key=lambda c: (losses[c], c)) != probe.best_c
+    alone = fit_linear_probe(train, val, 3, c_grid=[probe.start_c], max_iter=1000)
+    if probe.start_c == min(grid):  # no warm start before it: the same fit to the bit
+        np.testing.assert_array_equal(probe.start_weight, alone.weight)
+    else:  # warm-started along the path: the same optimum, to the solver's tolerance
+        np.testing.assert_allclose(val.features @ probe.start_weight.T + probe.start_bias,
+                                   val.features @ alone.weight.T + alone.bias, atol=5e-3)
+    save_head(tmp_path / "head.pt", probe, ["a", "b", "c"], INFO)
+    from imgpipe.head import head_cs, load_probe_penalty
+
+    assert head_cs(tmp_path / "head.pt") == (probe.best_c, probe.start_c)
+    start, _, _ = load_head(tmp_path / "head.pt", start=True)
+    chosen, _, _ = load_head(tmp_path / "head.pt")
+    np.testing.assert_array_equal(start.weight.detach().numpy(), probe.start_weight)
+    np.testing.assert_array_equal(chosen.weight.detach().numpy(), probe.weight)
+    assert load_probe_penalty(tmp_path / "head.pt", start=True).strength == pytest.approx(
+        1 / (2 * probe.start_c * 45))
+    assert load_probe_penalty(tmp_path / "head.pt").strength == pytest.approx(
+        1 / (2 * probe.best_c * 45))
 
 
 def test_two_classes_fold_into_two_softmax_rows() -> None:
@@ -188,6 +233,10 @@ def test_a_head_file_without_the_penalty_fields_names_the_fix(tmp_path: Path) ->
                tmp_path / "old.pt")
     with pytest.raises(DataError, match="dvc repro train_head"):
         load_probe_penalty(tmp_path / "old.pt")
+    torch.save({"weight": torch.zeros(2, 3), "bias": torch.zeros(2), "c": 1.0,
+                "feature_scale": torch.ones(3), "n_train": 4}, tmp_path / "older.pt")
+    with pytest.raises(DataError, match="fine-tuning start: run `dvc repro train_head`"):
+        load_probe_penalty(tmp_path / "older.pt", start=True)
 
 
 def test_a_split_too_big_to_hold_is_streamed_from_disk_to_the_same_probe(

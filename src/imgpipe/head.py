@@ -42,6 +42,11 @@ class LinearProbe:
     # n_train it restates the probe's L2 penalty on raw-feature weights (probe_penalty).
     feature_scale: np.ndarray
     n_train: int
+    # The same at start_c, the C with the lowest val loss: where fine-tuning starts
+    # (imgpipe.probe.start_point says why); often best_c itself.
+    start_weight: np.ndarray
+    start_bias: np.ndarray
+    start_c: float
 
     @property
     def best(self) -> SweepPoint:
@@ -52,21 +57,42 @@ def save_head(path: Path, probe: LinearProbe, classes: list[str], info: Backbone
     payload = {"weight": torch.from_numpy(probe.weight), "bias": torch.from_numpy(probe.bias),
                "classes": list(classes), "backbone": asdict(info), "c": probe.best_c,
                "feature_scale": torch.from_numpy(probe.feature_scale),
-               "n_train": probe.n_train}
+               "n_train": probe.n_train,
+               "start": {"weight": torch.from_numpy(probe.start_weight),
+                         "bias": torch.from_numpy(probe.start_bias), "c": probe.start_c}}
     save_torch(path, payload)
 
 
-def load_head(path: Path) -> tuple[nn.Linear, list[str], BackboneInfo]:
-    """The saved probe as an `nn.Linear` on raw features, its classes and backbone."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: run `dvc repro train_head` first")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    weight = payload["weight"]
+def load_head(path: Path, start: bool = False) -> tuple[nn.Linear, list[str], BackboneInfo]:
+    """The saved probe as an `nn.Linear` on raw features, its classes and backbone; with
+    `start`, the probe fine-tuning starts from (the lowest val loss's C)."""
+    payload = _load(path)
+    rows = _start_rows(payload, path) if start else payload
+    weight = rows["weight"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(weight)
-        head.bias.copy_(payload["bias"])
+        head.bias.copy_(rows["bias"])
     return head, list(payload["classes"]), BackboneInfo(**payload["backbone"])
+
+
+def head_cs(path: Path) -> tuple[float, float]:
+    """(the C `select_by` chose, the C fine-tuning starts from) of the saved probe."""
+    payload = _load(path)
+    return float(payload["c"]), float(_start_rows(payload, path)["c"])
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `dvc repro train_head` first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _start_rows(payload: dict, path: Path) -> dict:
+    if "start" not in payload:
+        raise DataError(f"{path} predates the stored fine-tuning start: run `dvc repro "
+                        "train_head` to refit it")
+    return payload["start"]
 
 
 @dataclass(frozen=True)
@@ -90,14 +116,15 @@ class ProbePenalty:
         return self.strength * (head.weight * self.feature_scale).square().sum()
 
 
-def load_probe_penalty(path: Path) -> ProbePenalty:
-    """The penalty the probe in `path` was fitted under."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def load_probe_penalty(path: Path, start: bool = False) -> ProbePenalty:
+    """The penalty the probe in `path` was fitted under (with `start`: the fine-tuning
+    start's, at its own C)."""
+    payload = _load(path)
     if "feature_scale" not in payload:
         raise DataError(f"{path} predates the stored probe penalty: run `dvc repro train_head` "
                         "to refit it, or set finetune_full.head_penalty: none")
-    return ProbePenalty(payload["feature_scale"],
-                        1.0 / (2.0 * float(payload["c"]) * int(payload["n_train"])))
+    c = float(_start_rows(payload, path)["c"] if start else payload["c"])
+    return ProbePenalty(payload["feature_scale"], 1.0 / (2.0 * c * int(payload["n_train"])))
 
 
 def init_head(head: nn.Linear, mode: str, classes: list[str], imagenet_rows: dict[str, int],

@@ -94,9 +94,11 @@ def fit_linear_probe(train: FeatureRows, val: FeatureRows, num_classes: int,
                      "val loss %.4f", c, sweep[-1].train_accuracy, sweep[-1].val_accuracy,
                      sweep[-1].val_balanced_accuracy, sweep[-1].val_macro_f1,
                      sweep[-1].val_loss)
-    best = best_point(sweep, select_by)
+    best, start = best_point(sweep, select_by), start_point(sweep)
     weight, bias = _fold_standardisation(*rows[best.c], mean, scale)
-    return LinearProbe(weight, bias, best.c, sweep, scale.astype(np.float32), len(train.labels))
+    start_weight, start_bias = _fold_standardisation(*rows[start.c], mean, scale)
+    return LinearProbe(weight, bias, best.c, sweep, scale.astype(np.float32), len(train.labels),
+                       start_weight, start_bias, start.c)
 
 
 class Standardised:
@@ -155,6 +157,17 @@ def _moments(rows: FeatureRows) -> tuple[np.ndarray, np.ndarray]:
 def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> SweepPoint:
     """Highest val `select_by`; among equals, the lowest val loss, then the smallest C."""
     return sweep[best_index([asdict(point) for point in sweep], select_by)]
+
+
+def start_point(sweep: list[SweepPoint]) -> SweepPoint:
+    """Where fine-tuning starts: the lowest val loss; among equals, the smallest C.
+
+    Val loss judges a probe's probabilities, not only its argmax. A C that `select_by`
+    likes can fit train exactly (train accuracy 1.0, typical of a large C chosen by
+    macro-F1 or with class weights); from such a head the training loss is ~0 and
+    fine-tuning cannot leave it (README, "A capped C is the cure for the failure").
+    """
+    return min(sweep, key=lambda point: (point.val_loss, point.c))
 
 
 def _class_rows(classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray,

@@ -43,7 +43,7 @@ from imgpipe.finetune import (
     parameter_counts,
     set_trainable,
 )
-from imgpipe.head import init_head, load_head, load_probe_penalty
+from imgpipe.head import head_cs, init_head, load_head, load_probe_penalty
 from imgpipe.io import atomic_path, write_json
 from imgpipe.manifest import dataset_digest, read_manifest, read_preprocess
 from imgpipe.model import ImageClassifier, save_model
@@ -122,6 +122,7 @@ def finetune_full(paths: FinetunePaths, recipe: Recipe, device: torch.device | N
     if recipe.freeze == "all":
         _logger.info("freeze=all: no end-to-end training, the linear-probe model is final")
     else:
+        _start_from_lowest_loss(model, paths.head, recipe, classes, backbone)
         training = _training(model, frozen, paths, recipe, len(classes), device,
                              len(loaders.train))
         checkpoint = paths.checkpoint_dir and (
@@ -185,11 +186,30 @@ def _probe_model(head_path: Path, recipe: Recipe,
     return backbone, ImageClassifier(backbone.trunk, head), classes
 
 
+def _start_from_lowest_loss(model: ImageClassifier, head_path: Path, recipe: Recipe,
+                            classes: list[str], backbone: Backbone) -> None:
+    """With `head_init: probe`, put the probe with the lowest val loss in the head when
+    `select_by` chose another C: training starts there (imgpipe.probe.start_point says
+    why), while epoch 0, the probe to beat, stays the chosen one."""
+    params = recipe.finetune
+    chosen, start = head_cs(head_path)
+    if params.head_init != "probe" or start == chosen:
+        return
+    head, _, _ = load_head(head_path, start=True)
+    with torch.no_grad():
+        model.head.weight.copy_(head.weight)
+        model.head.bias.copy_(head.bias)
+    init_head(model.head, params.head_init, classes, params.imagenet_rows,
+              params.negative_class, backbone.imagenet_head)
+    _logger.info("training starts from the probe at C=%g, the lowest val loss; epoch 0 is "
+                 "the probe at C=%g, chosen by val %s", start, chosen, recipe.select_by)
+
+
 def _training(model: ImageClassifier, frozen: list[torch.nn.Module], paths: FinetunePaths,
               recipe: Recipe, num_classes: int, device: torch.device,
               steps_per_epoch: int) -> Training:
     """Optimizer, schedule and loss: cross-entropy (class-weighted, smoothed per params),
-    plus the probe's own L2 on the head with `head_penalty: probe`."""
+    plus the training start's own L2 on the head with `head_penalty: probe`."""
     params = recipe.finetune
     optimizer = make_optimizer(model, params)
     criterion: torch.nn.Module = torch.nn.CrossEntropyLoss(
@@ -197,7 +217,7 @@ def _training(model: ImageClassifier, frozen: list[torch.nn.Module], paths: Fine
         if recipe.class_balance == "weights" else None,
         label_smoothing=params.label_smoothing).to(device)
     if params.head_penalty == "probe" and params.head_init == "probe":
-        criterion = PenalisedLoss(criterion, load_probe_penalty(paths.head).to(device),
+        criterion = PenalisedLoss(criterion, load_probe_penalty(paths.head, start=True).to(device),
                                   model.head)
     return Training(optimizer, make_schedule(optimizer, params, steps_per_epoch), criterion,
                     frozen, params.bn_stats, device,

@@ -40,12 +40,15 @@ def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
     save_head(head_path, probe, classes, load_backbone_info(features_dir))
     with atomic_path(sweep_path) as temporary:
         pd.DataFrame([asdict(point) for point in probe.sweep]).to_csv(temporary, index=False)
-    metrics = {"best_c": probe.best_c, **asdict(probe.best)}
+    metrics = {"best_c": probe.best_c, "start_c": probe.start_c, **asdict(probe.best)}
     del metrics["c"]
     write_json(metrics_path, metrics)
     _logger.info("chose C=%g by val %s: val accuracy %.4f, balanced accuracy %.4f, "
                  "macro-F1 %.4f", probe.best_c, select_by, probe.best.val_accuracy,
                  probe.best.val_balanced_accuracy, probe.best.val_macro_f1)
+    if probe.start_c != probe.best_c:
+        _logger.info("fine-tuning (freeze partial or none) starts from C=%g, the lowest val "
+                     "loss", probe.start_c)
     return metrics
 
 
