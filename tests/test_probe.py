@@ -19,7 +19,7 @@ from imgpipe.probe import (
     best_point,
     boundary_margin,
     fit_linear_probe,
-    start_point,
+    within_noise,
 )
 
 INFO = BackboneInfo("efficientnet_lite0", True, None, 5, 224, [0.5] * 3, [0.5] * 3)
@@ -68,11 +68,14 @@ def test_c_is_chosen_on_val_accuracy_then_loss() -> None:
     assert probe.best_c == best_point(probe.sweep).c
 
 
-def test_fine_tuning_starts_at_the_lowest_val_loss_then_the_smallest_c() -> None:
-    sweep = [point(0.01, 0.80, 0.40, macro_f1=0.50), point(0.1, 0.85, 0.30, macro_f1=0.55),
-             point(10.0, 0.85, 0.90, macro_f1=0.60), point(100.0, 0.80, 0.30)]
-    assert best_point(sweep, "macro_f1").c == 10.0  # what select_by keeps as the probe
-    assert start_point(sweep).c == 0.1  # ties on loss go to the smaller C
+def test_a_chosen_c_within_one_standard_error_of_the_lowest_loss_is_kept() -> None:
+    lowest = np.array([0.1, 0.5, 0.2, 0.9])
+    # Paired gaps 0.1, -0.1, 0.1, -0.1: mean 0, one standard error 0.058.
+    assert within_noise(lowest + np.array([0.1, -0.1, 0.1, -0.1]), lowest)
+    # Gaps 0.2, 0.0, 0.2, 0.0: mean 0.1 above its standard error 0.058.
+    assert not within_noise(lowest + np.array([0.2, 0.0, 0.2, 0.0]), lowest)
+    # Gaps 0.1, -0.05, 0.1, -0.05: mean 0.025 within its standard error 0.043.
+    assert within_noise(lowest + np.array([0.1, -0.05, 0.1, -0.05]), lowest)
 
 
 def test_the_saved_start_is_the_probe_refitted_at_its_c(tmp_path: Path) -> None:
@@ -82,6 +85,7 @@ def test_the_saved_start_is_the_probe_refitted_at_its_c(tmp_path: Path) -> None:
     probe = fit_linear_probe(train, val, 3, c_grid=grid, max_iter=1000, select_by="macro_f1")
     losses = {p.c: p.val_loss for p in probe.sweep}
     assert probe.start_c == min(grid, key=lambda c: (losses[c], c)) != probe.best_c
+    assert losses[probe.best_c] > 1.2 * losses[probe.start_c]  # far beyond noise here
     alone = fit_linear_probe(train, val, 3, c_grid=[probe.start_c], max_iter=1000)
     if probe.start_c == min(grid):  # no warm start before it: the same fit to the bit
         np.testing.assert_array_equal(probe.start_weight, alone.weight)

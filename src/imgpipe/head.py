@@ -42,8 +42,8 @@ class LinearProbe:
     # n_train it restates the probe's L2 penalty on raw-feature weights (probe_penalty).
     feature_scale: np.ndarray
     n_train: int
-    # The same at start_c, the C with the lowest val loss: where fine-tuning starts
-    # (imgpipe.probe.start_point says why); often best_c itself.
+    # The same at start_c, where fine-tuning starts: the C with the lowest val loss, or
+    # best_c when within noise of it (imgpipe.probe.within_noise says why).
     start_weight: np.ndarray
     start_bias: np.ndarray
     start_c: float
@@ -65,7 +65,7 @@ def save_head(path: Path, probe: LinearProbe, classes: list[str], info: Backbone
 
 def load_head(path: Path, start: bool = False) -> tuple[nn.Linear, list[str], BackboneInfo]:
     """The saved probe as an `nn.Linear` on raw features, its classes and backbone; with
-    `start`, the probe fine-tuning starts from (the lowest val loss's C)."""
+    `start`, the probe fine-tuning starts from (train_head's start_c)."""
     payload = _load(path)
     rows = _start_rows(payload, path) if start else payload
     weight = rows["weight"]

@@ -94,7 +94,11 @@ def fit_linear_probe(train: FeatureRows, val: FeatureRows, num_classes: int,
                      "val loss %.4f", c, sweep[-1].train_accuracy, sweep[-1].val_accuracy,
                      sweep[-1].val_balanced_accuracy, sweep[-1].val_macro_f1,
                      sweep[-1].val_loss)
-    best, start = best_point(sweep, select_by), start_point(sweep)
+    best = best_point(sweep, select_by)
+    lowest = min(sweep, key=lambda point: (point.val_loss, point.c))
+    start = best if lowest.c == best.c or within_noise(
+        _image_losses(*rows[best.c], val_x, val.labels),
+        _image_losses(*rows[lowest.c], val_x, val.labels)) else lowest
     weight, bias = _fold_standardisation(*rows[best.c], mean, scale)
     start_weight, start_bias = _fold_standardisation(*rows[start.c], mean, scale)
     return LinearProbe(weight, bias, best.c, sweep, scale.astype(np.float32), len(train.labels),
@@ -159,15 +163,28 @@ def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> Swe
     return sweep[best_index([asdict(point) for point in sweep], select_by)]
 
 
-def start_point(sweep: list[SweepPoint]) -> SweepPoint:
-    """Where fine-tuning starts: the lowest val loss; among equals, the smallest C.
+def within_noise(chosen: np.ndarray, lowest: np.ndarray) -> bool:
+    """Whether the chosen C's per-image val losses are worse than the lowest-loss C's by
+    no more than one standard error of their paired difference (the one-standard-error
+    rule), compared at METRIC_DECIMALS so that every CPU decides alike.
 
-    Val loss judges a probe's probabilities, not only its argmax. A C that `select_by`
-    likes can fit train exactly (train accuracy 1.0, typical of a large C chosen by
-    macro-F1 or with class weights); from such a head the training loss is ~0 and
-    fine-tuning cannot leave it (README, "A capped C is the cure for the failure").
+    Where fine-tuning starts: the chosen probe when it is within noise of the lowest val
+    loss, else the lowest. Val loss judges a probe's probabilities, not only its argmax;
+    a C that `select_by` likes can fit train exactly (train accuracy 1.0, typical of a
+    large C chosen by macro-F1 or with class weights), and from such a head the training
+    loss is ~0 and fine-tuning cannot leave it (README, "A start at the lowest val loss").
     """
-    return min(sweep, key=lambda point: (point.val_loss, point.c))
+    gap = chosen - lowest
+    error = gap.std(ddof=1) / np.sqrt(len(gap)) if len(gap) > 1 else 0.0
+    return round(float(gap.mean()), METRIC_DECIMALS) <= round(float(error), METRIC_DECIMALS)
+
+
+def _image_losses(weight: np.ndarray, bias: np.ndarray, val_x: Standardised,
+                  labels: np.ndarray) -> np.ndarray:
+    """(N,) val log loss of each image under the rows (as `_score` computes the mean)."""
+    logits = np.concatenate([block @ weight.T + bias for _, block in val_x.blocks()])
+    proba = softmax(logits, axis=1)
+    return -np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0))
 
 
 def _class_rows(classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray,

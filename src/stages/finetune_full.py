@@ -188,9 +188,10 @@ def _probe_model(head_path: Path, recipe: Recipe,
 
 def _start_from_lowest_loss(model: ImageClassifier, head_path: Path, recipe: Recipe,
                             classes: list[str], backbone: Backbone) -> None:
-    """With `head_init: probe`, put the probe with the lowest val loss in the head when
-    `select_by` chose another C: training starts there (imgpipe.probe.start_point says
-    why), while epoch 0, the probe to beat, stays the chosen one."""
+    """With `head_init: probe`, put train_head's fine-tuning start in the head when it is
+    not the probe `select_by` chose (the lowest val loss, when the chosen C is worse than
+    it beyond noise: imgpipe.probe.within_noise says why); epoch 0, the probe to beat,
+    stays the chosen one."""
     params = recipe.finetune
     chosen, start = head_cs(head_path)
     if params.head_init != "probe" or start == chosen:
