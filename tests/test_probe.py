@@ -78,6 +78,28 @@ def test_a_chosen_c_within_one_standard_error_of_the_lowest_loss_is_kept() -> No
     assert within_noise(lowest + np.array([0.1, -0.05, 0.1, -0.05]), lowest)
 
 
+def test_a_chosen_c_within_noise_of_the_lowest_loss_stays_the_start(monkeypatch) -> None:
+    import imgpipe.probe
+
+    judged = []
+
+    def within(chosen: np.ndarray, lowest: np.ndarray) -> bool:
+        judged.append((float(chosen.mean()), float(lowest.mean())))
+        return True
+
+    monkeypatch.setattr(imgpipe.probe, "within_noise", within)
+    train, val = wide(15, seed=1), wide(20, seed=11)
+    probe = fit_linear_probe(train, val, 3, c_grid=[0.001, 0.01, 0.1, 100.0], max_iter=1000,
+                             select_by="macro_f1")
+    assert probe.start_c == probe.best_c
+    np.testing.assert_array_equal(probe.start_weight, probe.weight)
+    # It judged the per-image losses of the two fits, whose means are the sweep's losses.
+    losses = {point.c: point.val_loss for point in probe.sweep}
+    [(chosen, lowest)] = judged
+    assert round(chosen, METRIC_DECIMALS) == losses[probe.best_c]
+    assert round(lowest, METRIC_DECIMALS) == min(losses.values())
+
+
 def test_the_saved_start_is_the_probe_refitted_at_its_c(tmp_path: Path) -> None:
     # More features than train images per class: macro-F1 and val loss pick different C.
     train, val = wide(15, seed=1), wide(20, seed=11)

@@ -89,6 +89,7 @@ def test_run_holds_params_summary_metrics_curves_artifacts_and_tags(logged, trai
     assert metrics["summary.test_macro_f1"] == test["macro_f1"]
     assert metrics["summary.test_balanced_accuracy"] == test["balanced_accuracy"]
     assert metrics["summary.probe_c"] == probe["best_c"]
+    assert metrics["summary.start_c"] == probe["start_c"]
     assert metrics["summary.best_epoch"] == 0  # freeze=all in the fixture: the probe
     assert metrics["tally.test_images"] == test["images"]
     # Every metric says what it is; per-class figures are a table, not 24 metrics.
@@ -141,11 +142,12 @@ def test_run_under_dvc_exp_run_is_named_after_the_experiment(trained, tmp_path: 
 
 
 def test_summary_reads_the_chosen_c_not_the_last_of_the_grid() -> None:
-    metrics = summary_metrics({"accuracy": 0.9, "images": 36}, {"best_c": 1.0,
+    metrics = summary_metrics({"accuracy": 0.9, "images": 36}, {"best_c": 1.0, "start_c": 0.1,
                               "val_accuracy": 0.97}, {"best_epoch": 2, "val_accuracy": 0.98,
                                                       "val_macro_f1": 0.97, "params_total": 5})
     assert metrics == {"summary.test_accuracy": 0.9, "tally.test_images": 36.0,
-                       "summary.probe_c": 1.0, "summary.probe_val_accuracy": 0.97,
+                       "summary.probe_c": 1.0, "summary.start_c": 0.1,
+                       "summary.probe_val_accuracy": 0.97,
                        "summary.best_epoch": 2.0, "summary.val_accuracy": 0.98,
                        "summary.val_macro_f1": 0.97, "tally.finetune_params_total": 5.0}
 

@@ -23,7 +23,6 @@ from dataclasses import asdict
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import log_loss
 from threadpoolctl import threadpool_limits
 
 from imgpipe.errors import DataError
@@ -96,9 +95,10 @@ def fit_linear_probe(train: FeatureRows, val: FeatureRows, num_classes: int,
                      sweep[-1].val_loss)
     best = best_point(sweep, select_by)
     lowest = min(sweep, key=lambda point: (point.val_loss, point.c))
-    start = best if lowest.c == best.c or within_noise(
-        _image_losses(*rows[best.c], val_x, val.labels),
-        _image_losses(*rows[lowest.c], val_x, val.labels)) else lowest
+    with threadpool_limits(1):  # as the sweep's products: one source of rounding less
+        start = best if lowest.c == best.c or within_noise(
+            _image_losses(*rows[best.c], val_x, val.labels),
+            _image_losses(*rows[lowest.c], val_x, val.labels)) else lowest
     weight, bias = _fold_standardisation(*rows[best.c], mean, scale)
     start_weight, start_bias = _fold_standardisation(*rows[start.c], mean, scale)
     return LinearProbe(weight, bias, best.c, sweep, scale.astype(np.float32), len(train.labels),
@@ -164,15 +164,19 @@ def best_point(sweep: list[SweepPoint], select_by: SelectBy = "accuracy") -> Swe
 
 
 def within_noise(chosen: np.ndarray, lowest: np.ndarray) -> bool:
-    """Whether the chosen C's per-image val losses are worse than the lowest-loss C's by
-    no more than one standard error of their paired difference (the one-standard-error
-    rule), compared at METRIC_DECIMALS so that every CPU decides alike.
+    """Whether the chosen C's per-image val losses exceed the lowest-loss C's by no more
+    than one standard error of their paired differences on average (a paired t of at
+    most 1), compared at METRIC_DECIMALS so that CPUs whose kernels round differently
+    decide alike (unless a figure lies within their noise of a rounding boundary, the
+    residual risk the coefficients' rounding has too).
 
-    Where fine-tuning starts: the chosen probe when it is within noise of the lowest val
-    loss, else the lowest. Val loss judges a probe's probabilities, not only its argmax;
-    a C that `select_by` likes can fit train exactly (train accuracy 1.0, typical of a
-    large C chosen by macro-F1 or with class weights), and from such a head the training
-    loss is ~0 and fine-tuning cannot leave it (README, "A start at the lowest val loss").
+    This picks where fine-tuning starts: the chosen probe when it is as good as the
+    lowest val loss within noise, else the lowest. Val loss judges a probe's
+    probabilities, not only its argmax; a C that `select_by` likes can fit train exactly
+    (train accuracy 1.0, as a large C chosen by macro-F1 or with class weights did on the
+    README's sets), and from such a head fine-tuning's loss is ~0 and it could not leave
+    it (README, "A start at the lowest val loss"). Val loss is unweighted, also with
+    class weights: it scores the probabilities on val as they are.
     """
     gap = chosen - lowest
     error = gap.std(ddof=1) / np.sqrt(len(gap)) if len(gap) > 1 else 0.0
@@ -181,10 +185,16 @@ def within_noise(chosen: np.ndarray, lowest: np.ndarray) -> bool:
 
 def _image_losses(weight: np.ndarray, bias: np.ndarray, val_x: Standardised,
                   labels: np.ndarray) -> np.ndarray:
-    """(N,) val log loss of each image under the rows (as `_score` computes the mean)."""
+    """(N,) val log loss of each image under the rows: minus the log of its class's
+    softmax probability, clipped to [eps, 1 - eps] as scikit-learn's log_loss does. Their
+    mean is the sweep's val loss."""
     logits = np.concatenate([block @ weight.T + bias for _, block in val_x.blocks()])
-    proba = softmax(logits, axis=1)
-    return -np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0))
+    return _log_losses(softmax(logits, axis=1), labels)
+
+
+def _log_losses(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    eps = np.finfo(proba.dtype).eps
+    return -np.log(np.clip(proba[np.arange(len(labels)), labels], eps, 1 - eps))
 
 
 def _class_rows(classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
@@ -206,8 +216,7 @@ def _score(c: float, weight: np.ndarray, bias: np.ndarray, train_x: Standardised
     train_correct = sum(int(((block @ weight.T + bias).argmax(1) == train_labels[rows]).sum())
                         for rows, block in train_x.blocks())
     val_logits = np.concatenate([block @ weight.T + bias for _, block in val_x.blocks()])
-    val_proba = softmax(val_logits, axis=1)  # float64: rows sum to 1 within log_loss's check
-    classes = np.arange(len(bias))
+    val_proba = softmax(val_logits, axis=1)  # float64
     val_scores = scores(confusion(val_labels, val_logits.argmax(1), len(bias)))
     return SweepPoint(
         c=c,
@@ -215,7 +224,7 @@ def _score(c: float, weight: np.ndarray, bias: np.ndarray, train_x: Standardised
         val_accuracy=round(val_scores["accuracy"], METRIC_DECIMALS),
         val_balanced_accuracy=round(val_scores["balanced_accuracy"], METRIC_DECIMALS),
         val_macro_f1=round(val_scores["macro_f1"], METRIC_DECIMALS),
-        val_loss=round(float(log_loss(val_labels, val_proba, labels=classes)), METRIC_DECIMALS),
+        val_loss=round(float(_log_losses(val_proba, val_labels).mean()), METRIC_DECIMALS),
     )
 
 

@@ -127,6 +127,8 @@ def summary_metrics(test: dict, probe: dict, finetune: dict) -> dict[str, float]
         metrics["tally.test_images"] = test["images"]
     if "best_c" in probe:
         metrics["summary.probe_c"] = probe["best_c"]
+    if "start_c" in probe:  # where fine-tuning started (imgpipe.probe.within_noise)
+        metrics["summary.start_c"] = probe["start_c"]
     for key in ("val_accuracy", "val_loss"):
         if key in probe:
             metrics[f"summary.probe_{key}"] = probe[key]

@@ -193,8 +193,10 @@ def _start_from_lowest_loss(model: ImageClassifier, head_path: Path, recipe: Rec
     it beyond noise: imgpipe.probe.within_noise says why); epoch 0, the probe to beat,
     stays the chosen one."""
     params = recipe.finetune
+    if params.head_init != "probe":
+        return
     chosen, start = head_cs(head_path)
-    if params.head_init != "probe" or start == chosen:
+    if start == chosen:
         return
     head, _, _ = load_head(head_path, start=True)
     with torch.no_grad():

@@ -47,8 +47,8 @@ def train_head(*, features_dir: Path, head_path: Path, metrics_path: Path,
                  "macro-F1 %.4f", probe.best_c, select_by, probe.best.val_accuracy,
                  probe.best.val_balanced_accuracy, probe.best.val_macro_f1)
     if probe.start_c != probe.best_c:
-        _logger.info("fine-tuning (freeze partial or none) starts from C=%g, the lowest val "
-                     "loss", probe.start_c)
+        _logger.info("fine-tuning (freeze partial or none, head_init probe) starts from "
+                     "C=%g, the lowest val loss", probe.start_c)
     return metrics
 
 
